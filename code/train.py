@@ -1,0 +1,259 @@
+"""Train the MNIST classifier: the same script on a laptop, in the tests and in a SageMaker container.
+
+    python code/train.py --epochs 2 --batch_size 256
+
+Hyperparameters arrive as `--key value` arguments (SageMaker passes its hyperparameters that way).
+Folders come from the SageMaker container's environment variables, with local defaults when unset:
+
+| variable            | in the container             | locally                     |
+| ------------------- | ---------------------------- | --------------------------- |
+| SM_CHANNEL_TRAIN    | /opt/ml/input/data/train     | data/                       |
+| SM_CHANNEL_TEST     | /opt/ml/input/data/test      | data/                       |
+| SM_MODEL_DIR        | /opt/ml/model                | build/train/model/          |
+| SM_OUTPUT_DIR       | /opt/ml/output (TensorBoard in tensorboard/) | build/train/output/ |
+| SM_OUTPUT_DATA_DIR  | /opt/ml/output/data          | build/train/output/data/    |
+| SM_NUM_GPUS         | GPUs of the instance         | what torch sees             |
+| CHECKPOINT_DIR      | /opt/ml/checkpoints          | build/train/checkpoints/    |
+
+Metrics are printed as `name=value;` so SageMaker metric definitions can capture them with a regex.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from mnist_data import MNISTDataModule, load_split
+from mnist_model import MNISTClassifier, save_model
+
+REPO = Path(__file__).resolve().parent.parent
+CONTAINER_CHECKPOINT_DIR = Path("/opt/ml/checkpoints")
+LAST_CHECKPOINT = "last.ckpt"
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyperparameters:
+    """What a training run can be told; every field is also a `--name value` command-line argument."""
+
+    epochs: int = 2
+    batch_size: int = 128
+    lr: float = 5e-3
+    weight_decay: float = 1e-4
+    width: int = 16
+    hidden: int = 128
+    val_fraction: float = 0.1
+    max_train_images: int = 0  # 0 trains on every image; tests pass a few thousand
+    seed: int = 42
+    progress_bar: bool = False
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            expected = {"int": int, "float": (int, float), "bool": bool}[field.type]
+            if not isinstance(value, expected) or (field.type == "int" and isinstance(value, bool)):
+                raise ValueError(f"hyperparameter {field.name}={value!r}: expected {field.type}")
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": 0 < self.lr <= 1,
+            "weight_decay": self.weight_decay >= 0,
+            "width": self.width >= 1,
+            "hidden": self.hidden >= 1,
+            "val_fraction": 0 < self.val_fraction < 1,
+            "max_train_images": self.max_train_images >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"hyperparameter {name}={getattr(self, name)!r} is out of range")
+
+
+def _to_bool(text: str) -> bool:
+    """Parse the spellings of a boolean that SageMaker and people use."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def parse_hyperparameters(argv: Sequence[str]) -> Hyperparameters:
+    """Parse `--name value` arguments into validated Hyperparameters; unknown names are an error."""
+    parser = argparse.ArgumentParser(description="Train the MNIST classifier.")
+    for field in dataclasses.fields(Hyperparameters):
+        kind = {"int": int, "float": float, "bool": _to_bool}[field.type]
+        parser.add_argument(f"--{field.name}", type=kind, default=field.default)
+    try:
+        return Hyperparameters(**vars(parser.parse_args(argv)))
+    except ValueError as error:
+        parser.error(str(error))
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    """The folders of one training run."""
+
+    train: Path
+    test: Path
+    model: Path
+    output: Path
+    output_data: Path
+    checkpoints: Path
+
+    @property
+    def tensorboard(self) -> Path:
+        """SageMaker's TensorBoardOutputConfig syncs this folder to S3 while the job runs."""
+        return self.output / "tensorboard"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Paths:
+        """Folders from the SageMaker container's variables, or local defaults."""
+        local = cls.under(REPO / "build" / "train", REPO / "data")
+        checkpoints = CONTAINER_CHECKPOINT_DIR if CONTAINER_CHECKPOINT_DIR.is_dir() else local.checkpoints
+        output = Path(environ.get("SM_OUTPUT_DIR", local.output))
+        return cls(
+            train=Path(environ.get("SM_CHANNEL_TRAIN", local.train)),
+            test=Path(environ.get("SM_CHANNEL_TEST", local.test)),
+            model=Path(environ.get("SM_MODEL_DIR", local.model)),
+            output=output,
+            output_data=Path(environ.get("SM_OUTPUT_DATA_DIR", output / "data")),
+            checkpoints=Path(environ.get("CHECKPOINT_DIR", checkpoints)),
+        )
+
+    @classmethod
+    def under(cls, run_dir: Path, data_dir: Path) -> Paths:
+        """The container's layout under one local folder, reading both channels from `data_dir`."""
+        run_dir = Path(run_dir)
+        return cls(
+            train=Path(data_dir),
+            test=Path(data_dir),
+            model=run_dir / "model",
+            output=run_dir / "output",
+            output_data=run_dir / "output" / "data",
+            checkpoints=run_dir / "checkpoints",
+        )
+
+    def load_channels(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """Load the train and test channels; a missing or malformed file names its variable and folder."""
+        splits = []
+        for variable, folder, split in (("SM_CHANNEL_TRAIN", self.train, "train"), ("SM_CHANNEL_TEST", self.test, "test")):
+            try:
+                splits.append(load_split(folder, split))
+            except (FileNotFoundError, ValueError) as error:
+                raise ChannelError(f"{variable}={folder}: {error}") from error
+        return splits[0], splits[1]
+
+
+class ChannelError(RuntimeError):
+    """A data channel is missing or holds files that are not MNIST."""
+
+
+class MetricLines(Callback):
+    """Print metrics as `name=value;` lines, one per epoch: SageMaker metric definitions parse them."""
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            print_metrics({"epoch": trainer.current_epoch + 1, **trainer.callback_metrics})
+
+
+def print_metrics(metrics: Mapping[str, object]) -> None:
+    """Print one `name=value;` line."""
+    parts = [f"{name}={float(value):.6g};" for name, value in metrics.items()]
+    print(" ".join(parts), flush=True)
+
+
+def accelerator_settings(num_gpus: int) -> dict[str, object]:
+    """Trainer settings for the hardware: mixed precision on a GPU, plain float32 on a CPU."""
+    if num_gpus > 0 and torch.cuda.is_available():
+        return {"accelerator": "gpu", "devices": 1, "precision": "16-mixed"}
+    return {"accelerator": "cpu", "devices": 1, "precision": "32-true"}
+
+
+def build_trainer(hp: Hyperparameters, paths: Paths, num_gpus: int) -> pl.Trainer:
+    """The Lightning Trainer of every run: checkpoints each epoch, TensorBoard logs, no per-step overhead."""
+    checkpoints = ModelCheckpoint(
+        dirpath=paths.checkpoints,
+        filename="best",
+        monitor="val_acc",
+        mode="max",
+        save_last=True,
+        enable_version_counter=False,
+    )
+    return pl.Trainer(
+        max_epochs=hp.epochs,
+        logger=TensorBoardLogger(paths.tensorboard, name="mnist"),
+        callbacks=[checkpoints, MetricLines()],
+        enable_progress_bar=hp.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+        **accelerator_settings(num_gpus),
+    )
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    """What a run produced: the trained model, its final metrics and where the model file is."""
+
+    model: MNISTClassifier
+    metrics: dict[str, float]
+    model_path: Path
+    trainer: pl.Trainer
+
+
+def fit(hp: Hyperparameters, paths: Paths, num_gpus: int = 0) -> TrainingResult:
+    """Train (resuming from the last checkpoint when there is one), test, and save the model."""
+    pl.seed_everything(hp.seed, verbose=False)
+    device = "cuda" if accelerator_settings(num_gpus)["accelerator"] == "gpu" else "cpu"
+    train_split, test_split = paths.load_channels()
+    data = MNISTDataModule(
+        train_split,
+        test_split,
+        batch_size=hp.batch_size,
+        val_fraction=hp.val_fraction,
+        max_train_images=hp.max_train_images or None,
+        seed=hp.seed,
+        device=device,
+    )
+    model = MNISTClassifier(width=hp.width, hidden=hp.hidden, lr=hp.lr, weight_decay=hp.weight_decay)
+    trainer = build_trainer(hp, paths, num_gpus)
+    last = paths.checkpoints / LAST_CHECKPOINT
+    trainer.fit(model, datamodule=data, ckpt_path=last if last.is_file() else None)
+    (test_metrics,) = trainer.test(model, datamodule=data, verbose=False)
+    print_metrics(test_metrics)
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    model_path = save_model(model, paths.model)
+    paths.output_data.mkdir(parents=True, exist_ok=True)
+    (paths.output_data / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return TrainingResult(model, metrics, model_path, trainer)
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> int:
+    """Entry point: parse the hyperparameters and train; a bad channel is one clear error line."""
+    hp = parse_hyperparameters(sys.argv[1:] if argv is None else argv)
+    paths = Paths.from_env(environ)
+    try:
+        fit(hp, paths, num_gpus=int(environ.get("SM_NUM_GPUS", torch.cuda.device_count())))
+    except ChannelError as error:
+        message = f"ERROR: {error}"
+        print(message, file=sys.stderr)
+        # SageMaker reports the content of this file as the job's FailureReason.
+        if "SM_OUTPUT_DIR" in environ:
+            paths.output.mkdir(parents=True, exist_ok=True)
+            (paths.output / "failure").write_text(message)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

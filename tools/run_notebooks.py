@@ -1,0 +1,146 @@
+"""Execute the workbook's notebooks in order with papermill and write `build/`.
+
+    python tools/run_notebooks.py                     # every notebook, against the local AWS endpoint
+    python tools/run_notebooks.py --aws real          # against the AWS account of your credentials
+    python tools/run_notebooks.py -p EPOCHS=1 01 02   # some notebooks, with parameters
+
+Writes build/notebooks/*.ipynb (executed), build/html/*.html and build/summary.json, and exits
+non-zero when a notebook fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import nbformat
+import papermill
+from nbconvert import HTMLExporter
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+sys.path.insert(0, str(REPO / "code"))
+from workbook import RESULTS_MIME_TYPE  # noqa: E402 - code/ is a folder of modules, put on the path above
+
+EXECUTION_TIMEOUT_S = 1800
+
+
+@dataclasses.dataclass
+class NotebookRun:
+    """The outcome of one executed notebook, as summary.json records it."""
+
+    name: str
+    status: str
+    duration_s: float
+    results: dict[str, object]
+    error: str | None = None
+
+
+def recorded_results(notebook: nbformat.NotebookNode) -> dict[str, object]:
+    """Collect what the notebook recorded with `workbook.record`, in order (later values win)."""
+    results: dict[str, object] = {}
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            results.update(output.get("data", {}).get(RESULTS_MIME_TYPE, {}))
+    return results
+
+
+def execute_notebook(
+    path: Path, output_dir: Path, parameters: Mapping[str, object] | None = None, timeout_s: int = EXECUTION_TIMEOUT_S
+) -> NotebookRun:
+    """Execute one notebook with papermill (cwd = its folder); save it and its HTML under output_dir."""
+    executed = output_dir / "notebooks" / path.name
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    error = None
+    try:
+        papermill.execute_notebook(
+            str(path),
+            str(executed),
+            parameters=dict(parameters or {}),
+            kernel_name="python3",
+            cwd=str(path.parent),
+            execution_timeout=timeout_s,
+            progress_bar=False,
+        )
+    except papermill.PapermillExecutionError as failure:
+        error = f"{failure.ename}: {failure.evalue}"
+    duration = round(time.perf_counter() - start, 1)
+    notebook = nbformat.read(executed, as_version=4)
+    html, _ = HTMLExporter().from_notebook_node(notebook)
+    html_path = output_dir / "html" / f"{path.stem}.html"
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    html_path.write_text(html)
+    status = "ok" if error is None else "failed"
+    return NotebookRun(path.stem, status, duration, recorded_results(notebook), error)
+
+
+@contextlib.contextmanager
+def aws_environment(aws: str, state_dir: Path) -> Iterator[None]:
+    """For `local`, start the local AWS endpoint and point this process (and so the kernels) at it."""
+    if aws == "real":
+        yield
+        return
+    from local_aws import local_aws_endpoint
+
+    with local_aws_endpoint(state_dir) as endpoint:
+        saved = dict(os.environ)
+        os.environ.update(endpoint.env)
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+def parse_parameter(text: str) -> tuple[str, object]:
+    """Parse NAME=VALUE; VALUE is read as JSON when it can be (numbers, booleans), else kept as text."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, not {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+def select_notebooks(prefixes: Sequence[str]) -> list[Path]:
+    """The notebooks in order, or those whose names start with one of the prefixes."""
+    notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    chosen = [nb for nb in notebooks if not prefixes or any(nb.name.startswith(p) for p in prefixes)]
+    if not chosen:
+        raise SystemExit(f"no notebook in {NOTEBOOKS} matches {list(prefixes)}")
+    return chosen
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the notebooks, write the summary, and return 1 when any notebook failed."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("notebooks", nargs="*", help="name prefixes such as 01 02 (default: all)")
+    parser.add_argument("--output", type=Path, default=REPO / "build", help="output folder (default: build)")
+    parser.add_argument("--aws", choices=("local", "real"), default="local", help="which AWS the notebooks use")
+    parser.add_argument("-p", "--parameter", type=parse_parameter, action="append", default=[], metavar="NAME=VALUE")
+    args = parser.parse_args(argv)
+
+    runs = []
+    with aws_environment(args.aws, args.output / "local-aws"):
+        for path in select_notebooks(args.notebooks):
+            print(f"{path.name}: running", flush=True)
+            run = execute_notebook(path, args.output, dict(args.parameter))
+            print(f"{path.name}: {run.status} in {run.duration_s} s" + (f" ({run.error})" if run.error else ""))
+            runs.append(run)
+    summary = {"aws": args.aws, "notebooks": [dataclasses.asdict(run) for run in runs]}
+    (args.output / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"Wrote {args.output / 'summary.json'} and {args.output / 'html'}")
+    return 0 if all(run.status == "ok" for run in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
