@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from mnist_data import MNISTDataModule, load_split
@@ -192,7 +192,9 @@ def build_trainer(hp: Hyperparameters, paths: Paths, num_gpus: int) -> pl.Traine
     return pl.Trainer(
         max_epochs=hp.epochs,
         logger=TensorBoardLogger(paths.tensorboard, name="mnist"),
-        callbacks=[checkpoints, MetricLines()],
+        # SageMaker stops a job (or reclaims a spot instance) with SIGTERM; Lightning turns it into an
+        # exception at the next step, and this saves the interrupted epoch as `last.ckpt` to resume from.
+        callbacks=[checkpoints, OnExceptionCheckpoint(paths.checkpoints, filename="last"), MetricLines()],
         enable_progress_bar=hp.progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -228,7 +230,7 @@ def fit(hp: Hyperparameters, paths: Paths, num_gpus: int = 0) -> TrainingResult:
     model = MNISTClassifier(width=hp.width, hidden=hp.hidden, lr=hp.lr, weight_decay=hp.weight_decay)
     trainer = build_trainer(hp, paths, num_gpus)
     last = paths.checkpoints / LAST_CHECKPOINT
-    trainer.fit(model, datamodule=data, ckpt_path=last if last.is_file() else None)
+    trainer.fit(model, datamodule=data, ckpt_path=last if last.is_file() else None, weights_only=True)
     (test_metrics,) = trainer.test(model, datamodule=data, verbose=False)
     print_metrics(test_metrics)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
