@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from mnist_data import MNISTDataModule, load_split
@@ -166,6 +166,20 @@ class MetricLines(Callback):
             print_metrics({"epoch": trainer.current_epoch + 1, **trainer.callback_metrics})
 
 
+class SaveOnInterrupt(Callback):
+    """Save `last.ckpt` when training stops on an exception, so that a new run resumes mid-epoch.
+
+    SageMaker stops a job, or reclaims a spot instance, with SIGTERM; Lightning turns the signal into an
+    exception at the next training step. (Lightning's OnExceptionCheckpoint deletes its file at teardown.)
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        trainer.save_checkpoint(self.path)
+
+
 def print_metrics(metrics: Mapping[str, object]) -> None:
     """Print one `name=value;` line."""
     parts = [f"{name}={float(value):.6g};" for name, value in metrics.items()]
@@ -192,9 +206,7 @@ def build_trainer(hp: Hyperparameters, paths: Paths, num_gpus: int) -> pl.Traine
     return pl.Trainer(
         max_epochs=hp.epochs,
         logger=TensorBoardLogger(paths.tensorboard, name="mnist"),
-        # SageMaker stops a job (or reclaims a spot instance) with SIGTERM; Lightning turns it into an
-        # exception at the next step, and this saves the interrupted epoch as `last.ckpt` to resume from.
-        callbacks=[checkpoints, OnExceptionCheckpoint(paths.checkpoints, filename="last"), MetricLines()],
+        callbacks=[checkpoints, SaveOnInterrupt(paths.checkpoints / LAST_CHECKPOINT), MetricLines()],
         enable_progress_bar=hp.progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,

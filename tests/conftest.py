@@ -1,4 +1,4 @@
-"""Shared fixtures: a loopback MNIST mirror of real digits."""
+"""Shared fixtures: a loopback MNIST mirror of real digits and the local AWS endpoint."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import local_aws as local_aws_tools
 import mnist_mirror
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,9 +26,6 @@ def mirror_url(mirror_dir: Path) -> Iterator[str]:
     """Base URL of a loopback HTTP server serving `mirror_dir`."""
     with mnist_mirror.serve(mirror_dir) as url:
         yield url
-
-
-import local_aws as local_aws_tools  # noqa: E402 - appended with the fixtures below
 
 
 @pytest.fixture(scope="session")
