@@ -23,8 +23,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -35,6 +37,11 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from mnist_data import MNISTDataModule, load_split
 from mnist_model import MNISTClassifier, save_model
+
+# Lightning's start-up notes (hardware summary, tips) would drown the metric lines, in a notebook and in
+# the job's log alike; warnings still show. The pytree notice comes from inside Lightning itself.
+logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 REPO = Path(__file__).resolve().parent.parent
 CONTAINER_CHECKPOINT_DIR = Path("/opt/ml/checkpoints")

@@ -124,14 +124,28 @@ def test_printed_test_accuracy_is_the_saved_models_accuracy(first_run, mirror_di
     assert accuracy == pytest.approx(printed, abs=2 / len(test_labels))
 
 
-def test_run_writes_metrics_json_matching_the_printed_metrics(first_run) -> None:
+def metrics_json_and_printed(first_run, name: str) -> tuple[dict[str, float], float]:
+    """The run's output/data/metrics.json, and the value of one metric as its stdout printed it."""
     ml_dir, completed = first_run
+    printed = float(re.search(METRIC_REGEXES[name], completed.stdout).group(1))
+    return json.loads((ml_dir / "output" / "data" / "metrics.json").read_text()), printed
 
-    metrics = json.loads((ml_dir / "output" / "data" / "metrics.json").read_text())
 
-    for name in ("val_acc", "test_acc"):
-        printed = float(re.search(METRIC_REGEXES[name], completed.stdout).group(1))
-        assert metrics[name] == pytest.approx(printed, rel=1e-5)
+def test_run_writes_metrics_json_with_the_printed_test_accuracy(first_run) -> None:
+    metrics, printed = metrics_json_and_printed(first_run, "test_acc")
+
+    assert metrics["test_acc"] == pytest.approx(printed, rel=1e-5)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG code/train.py:255: metrics.json is built from trainer.callback_metrics after trainer.test(), "
+    "which has replaced the fit metrics: val_acc/val_loss/train_loss are missing from the run's final metrics",
+)
+def test_metrics_json_keeps_the_final_validation_accuracy(first_run) -> None:
+    metrics, printed = metrics_json_and_printed(first_run, "val_acc")
+
+    assert metrics.get("val_acc") == pytest.approx(printed, rel=1e-5)
 
 
 def test_run_writes_last_and_best_checkpoints(first_run) -> None:
@@ -162,6 +176,12 @@ def test_successful_run_leaves_no_failure_file(first_run) -> None:
     assert not (ml_dir / "output" / "failure").exists()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG code/mnist_model.py:80-81 with code/train.py:252: OneCycleLR's total_steps is restored from "
+    "last.ckpt (the first run's step count), so a resumed run with more epochs exits 1 with "
+    "'Tried to step 33 times. The specified number of total steps is 32'",
+)
 def test_second_run_with_more_epochs_resumes_from_the_last_checkpoint(first_run, tmp_path: Path) -> None:
     ml_dir, _ = first_run
     shutil.copytree(ml_dir, tmp_path / "ml")
