@@ -75,6 +75,15 @@ class MNISTClassifier(pl.LightningModule):
         self.log("test_loss", F.cross_entropy(logits, labels))
         self.log("test_acc", self.test_accuracy)
 
+    def on_train_start(self) -> None:
+        """Refuse to resume a run whose one-cycle schedule was planned for a different number of steps."""
+        restored, planned = self.lr_schedulers().total_steps, int(self.trainer.estimated_stepping_batches)
+        if restored != planned:
+            raise ValueError(
+                f"the checkpoint being resumed was made for a run of {restored} steps, this run plans {planned}: "
+                "resume with the same epochs, batch_size and max_train_images, or delete the checkpoints to start over"
+            )
+
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         schedule = torch.optim.lr_scheduler.OneCycleLR(

@@ -46,6 +46,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 REPO = Path(__file__).resolve().parent.parent
 CONTAINER_CHECKPOINT_DIR = Path("/opt/ml/checkpoints")
 LAST_CHECKPOINT = "last.ckpt"
+BEST_CHECKPOINT = "best.ckpt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +205,7 @@ def build_trainer(hp: Hyperparameters, paths: Paths, num_gpus: int) -> pl.Traine
     """The Lightning Trainer of every run: checkpoints each epoch, TensorBoard logs, no per-step overhead."""
     checkpoints = ModelCheckpoint(
         dirpath=paths.checkpoints,
-        filename="best",
+        filename=Path(BEST_CHECKPOINT).stem,
         monitor="val_acc",
         mode="max",
         save_last=True,
@@ -220,6 +221,23 @@ def build_trainer(hp: Hyperparameters, paths: Paths, num_gpus: int) -> pl.Traine
         log_every_n_steps=10,
         **accelerator_settings(num_gpus),
     )
+
+
+def resume_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The checkpoint to resume from: `last.ckpt`, else `best.ckpt`, skipping (with a warning) unreadable ones."""
+    for path in (checkpoint_dir / LAST_CHECKPOINT, checkpoint_dir / BEST_CHECKPOINT):
+        if not path.is_file():
+            continue
+        try:
+            # A process killed while writing leaves a truncated file: better to find out before fit() does.
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is skipped, and said so
+            warnings.warn(f"checkpoint {path} is unreadable ({type(error).__name__}: {error}); not resuming from it")
+            continue
+        return path
+    if any(checkpoint_dir.glob("*.ckpt")):
+        warnings.warn(f"no readable checkpoint in {checkpoint_dir}: training starts from scratch")
+    return None
 
 
 @dataclasses.dataclass
@@ -248,8 +266,7 @@ def fit(hp: Hyperparameters, paths: Paths, num_gpus: int = 0) -> TrainingResult:
     )
     model = MNISTClassifier(width=hp.width, hidden=hp.hidden, lr=hp.lr, weight_decay=hp.weight_decay)
     trainer = build_trainer(hp, paths, num_gpus)
-    last = paths.checkpoints / LAST_CHECKPOINT
-    trainer.fit(model, datamodule=data, ckpt_path=last if last.is_file() else None, weights_only=True)
+    trainer.fit(model, datamodule=data, ckpt_path=resume_checkpoint(paths.checkpoints), weights_only=True)
     (test_metrics,) = trainer.test(model, datamodule=data, verbose=False)
     print_metrics(test_metrics)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
