@@ -1,0 +1,118 @@
+"""Tests of plots: each figure shows the data it is given, with titles and axis labels a reader can follow."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot is imported: no display in tests
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+import plots  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures() -> Iterator[None]:
+    """Close every figure a test opened."""
+    yield
+    plt.close("all")
+
+
+def digits(count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random uint8 images (count, 28, 28) and labels 0-9."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (count, 28, 28), dtype=torch.uint8, generator=generator)
+    return images, torch.randint(0, 10, (count,), generator=generator)
+
+
+def image_axes(figure: Figure) -> list[matplotlib.axes.Axes]:
+    """The axes of a figure that show an image."""
+    return [axis for axis in figure.axes if axis.images]
+
+
+def wrong_predictions(labels: torch.Tensor, wrong: int) -> torch.Tensor:
+    """Predictions equal to the labels except at `wrong` evenly spread positions."""
+    predictions = labels.clone()
+    positions = torch.linspace(0, len(labels) - 1, wrong).long() if wrong else torch.tensor([], dtype=torch.long)
+    predictions[positions] = (labels[positions] + 1) % 10
+    return predictions
+
+
+def test_digit_grid_shows_each_image_titled_with_its_label_and_prediction() -> None:
+    images, labels = digits(10)
+    predictions = (labels + 3) % 10
+
+    figure = plots.digit_grid(images, labels, predictions, columns=4, title="Some digits")
+
+    assert isinstance(figure, Figure)
+    assert len(figure.axes) == 12  # 3 rows of 4
+    shown = image_axes(figure)
+    assert len(shown) == 10
+    for axis, image, label, prediction in zip(shown, images, labels, predictions):
+        assert np.array_equal(np.asarray(axis.images[0].get_array()), image.numpy())
+        assert str(int(label)) in axis.get_title() and str(int(prediction)) in axis.get_title()
+    assert figure.get_suptitle() == "Some digits"
+
+
+def test_digit_grid_without_predictions_titles_labels_only() -> None:
+    images, labels = digits(3)
+
+    figure = plots.digit_grid(images, labels, columns=3)
+
+    assert [axis.get_title() for axis in image_axes(figure)] == [f"label {int(label)}" for label in labels]
+
+
+def test_class_histogram_bars_count_each_digit_per_split() -> None:
+    train_labels = torch.tensor([0, 0, 1, 9, 9, 9])
+    test_labels = torch.tensor([2, 2, 5])
+
+    figure = plots.class_histogram({"train": train_labels, "test": test_labels})
+
+    (axis,) = figure.axes
+    heights = [bar.get_height() for bar in axis.patches]
+    assert heights[:10] == [2, 1, 0, 0, 0, 0, 0, 0, 0, 3]
+    assert heights[10:] == [0, 0, 2, 0, 0, 1, 0, 0, 0, 0]
+    legend = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert "train" in legend[0] and "6" in legend[0] and "test" in legend[1] and "3" in legend[1]
+    assert [tick.get_text() for tick in axis.get_xticklabels()] == [str(digit) for digit in range(10)]
+    assert axis.get_xlabel() and axis.get_ylabel() and axis.get_title()
+
+
+def test_confusion_matrix_cells_count_true_against_predicted_digits() -> None:
+    _, labels = digits(200)
+    predictions = wrong_predictions(labels, wrong=30)
+
+    figure = plots.confusion_matrix(labels, predictions)
+
+    (axis,) = [axis for axis in figure.axes if axis.images]
+    cells = {(round(text.get_position()[1]), round(text.get_position()[0])): int(text.get_text()) for text in axis.texts}
+    assert len(cells) == 100
+    assert sum(cells.values()) == 200
+    assert sum(cells[digit, digit] for digit in range(10)) == 170
+    for true, predicted in zip(labels.tolist(), predictions.tolist()):
+        assert cells[true, predicted] >= 1
+    assert "true" in axis.get_ylabel().lower() and "predicted" in axis.get_xlabel().lower()
+    assert axis.get_title()
+
+
+@pytest.mark.parametrize("count, wrong", [(16, 5), (3, 5), (16, 0)])
+def test_misclassified_shows_only_wrong_digits_up_to_count(count: int, wrong: int) -> None:
+    images, labels = digits(40)
+    predictions = wrong_predictions(labels, wrong)
+
+    figure = plots.misclassified(images, labels, predictions, count=count)
+
+    shown = image_axes(figure)
+    assert len(shown) == min(count, wrong)
+    wrong_images = images[predictions != labels]
+    for axis, expected in zip(shown, wrong_images):
+        assert np.array_equal(np.asarray(axis.images[0].get_array()), expected.numpy())
+        label, predicted = (line.split()[-1] for line in axis.get_title().splitlines())
+        assert label != predicted
+    assert str(min(count, wrong)) in figure.get_suptitle()
