@@ -49,6 +49,8 @@ def _read_idx(path: Path, magic: int, ndim: int) -> torch.Tensor:
         raise ValueError(
             f"{path}: {problem}: header declares {dims} ({expected_size} bytes), file holds {len(data)} bytes"
         )
+    if expected_size == header_size:  # a well-formed file with no items (torch.frombuffer refuses empty buffers)
+        return torch.empty(dims, dtype=torch.uint8)
     return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header_size).reshape(dims)
 
 

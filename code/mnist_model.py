@@ -39,6 +39,10 @@ def build_network(width: int = 16, hidden: int = 128) -> nn.Sequential:
     )
 
 
+class ResumeMismatchError(ValueError):
+    """A checkpoint was made for a run planned with other settings than the run resuming it."""
+
+
 class MNISTClassifier(pl.LightningModule):
     """Classifies 28x28 digits; trained with Adam and a one-cycle learning-rate schedule."""
 
@@ -79,7 +83,7 @@ class MNISTClassifier(pl.LightningModule):
         """Refuse to resume a run whose one-cycle schedule was planned for a different number of steps."""
         restored, planned = self.lr_schedulers().total_steps, int(self.trainer.estimated_stepping_batches)
         if restored != planned:
-            raise ValueError(
+            raise ResumeMismatchError(
                 f"the checkpoint being resumed was made for a run of {restored} steps, this run plans {planned}: "
                 "resume with the same epochs, batch_size and max_train_images, or delete the checkpoints to start over"
             )

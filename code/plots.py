@@ -22,7 +22,7 @@ def digit_grid(
         axis.axis("off")
         if index >= len(images):
             continue
-        axis.imshow(images[index], cmap="gray_r", vmin=0, vmax=255)
+        axis.imshow(images[index].numpy(), cmap="gray_r", vmin=0, vmax=255)
         caption = f"label {int(labels[index])}"
         if predictions is not None:
             caption += f"\npredicted {int(predictions[index])}"
@@ -37,9 +37,10 @@ def class_histogram(labels_by_split: Mapping[str, torch.Tensor]) -> Figure:
     figure, axis = plt.subplots(figsize=(7, 3))
     width = 0.8 / len(labels_by_split)
     for offset, (split, labels) in enumerate(labels_by_split.items()):
-        counts = torch.bincount(labels.long(), minlength=NUM_CLASSES)
-        axis.bar(torch.arange(NUM_CLASSES) + offset * width, counts, width=width, label=f"{split} ({len(labels):,})")
-    axis.set_xticks(torch.arange(NUM_CLASSES) + width * (len(labels_by_split) - 1) / 2, range(NUM_CLASSES))
+        counts = torch.bincount(labels.long(), minlength=NUM_CLASSES).numpy()
+        positions = torch.arange(NUM_CLASSES).numpy() + offset * width
+        axis.bar(positions, counts, width=width, label=f"{split} ({len(labels):,})")
+    axis.set_xticks(torch.arange(NUM_CLASSES).numpy() + width * (len(labels_by_split) - 1) / 2, range(NUM_CLASSES))
     axis.set_xlabel("digit")
     axis.set_ylabel("number of images")
     axis.set_title("Class balance")
@@ -52,7 +53,7 @@ def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor) -> Figure:
     """Heat map of true against predicted digits, with the counts written in each cell."""
     matrix = multiclass_confusion_matrix(predictions.long(), labels.long(), num_classes=NUM_CLASSES)
     figure, axis = plt.subplots(figsize=(5.5, 5))
-    axis.imshow(matrix, cmap="Blues")
+    axis.imshow(matrix.numpy(), cmap="Blues")
     for true in range(NUM_CLASSES):
         for predicted in range(NUM_CLASSES):
             count = int(matrix[true, predicted])

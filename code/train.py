@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -32,11 +33,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from mnist_data import MNISTDataModule, load_split
-from mnist_model import MNISTClassifier, save_model
+from mnist_model import MNISTClassifier, ResumeMismatchError, save_model
 
 # Lightning's start-up notes (hardware summary, tips) would drown the metric lines, in a notebook and in
 # the job's log alike; warnings still show. The pytree notice comes from inside Lightning itself.
@@ -267,9 +269,10 @@ def fit(hp: Hyperparameters, paths: Paths, num_gpus: int = 0) -> TrainingResult:
     model = MNISTClassifier(width=hp.width, hidden=hp.hidden, lr=hp.lr, weight_decay=hp.weight_decay)
     trainer = build_trainer(hp, paths, num_gpus)
     trainer.fit(model, datamodule=data, ckpt_path=resume_checkpoint(paths.checkpoints), weights_only=True)
+    fit_metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     (test_metrics,) = trainer.test(model, datamodule=data, verbose=False)
     print_metrics(test_metrics)
-    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    metrics = {**fit_metrics, **test_metrics}
     model_path = save_model(model, paths.model)
     paths.output_data.mkdir(parents=True, exist_ok=True)
     (paths.output_data / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -282,7 +285,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
     paths = Paths.from_env(environ)
     try:
         fit(hp, paths, num_gpus=int(environ.get("SM_NUM_GPUS", torch.cuda.device_count())))
-    except ChannelError as error:
+    except (ChannelError, ResumeMismatchError) as error:
         message = f"ERROR: {error}"
         print(message, file=sys.stderr)
         # SageMaker reports the content of this file as the job's FailureReason.
@@ -290,6 +293,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
             paths.output.mkdir(parents=True, exist_ok=True)
             (paths.output / "failure").write_text(message)
         return 1
+    except SIGTERMException:
+        print(f"Stopped by SIGTERM; the interrupted epoch is saved in {paths.checkpoints / LAST_CHECKPOINT}.", flush=True)
+        return 128 + signal.SIGTERM
     return 0
 
 

@@ -58,11 +58,6 @@ def test_images_and_labels_round_trip_exactly(tmp_path: Path) -> None:
     assert np.array_equal(read_back_labels.numpy(), labels)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG code/mnist_data.py:52: torch.frombuffer(offset=header_size) fails on a well-formed IDX file "
-    "holding 0 items, with a torch error that does not name the file (read_labels line 66 expects empty files)",
-)
 def test_a_well_formed_empty_file_reads_as_an_empty_tensor(tmp_path: Path) -> None:
     path = tmp_path / LABELS
     mnist_mirror.write_idx_gz(path, np.zeros(0, dtype=np.uint8))

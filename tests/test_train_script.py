@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,7 @@ from mnist_model import load_model, predict
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "code" / "train.py"
 SMALL_RUN = ["--max_train_images", "1000", "--batch_size", "32"]
+TWO_EPOCHS = ["--epochs", "2", *SMALL_RUN]
 # What a SageMaker estimator's metric_definitions would hold for this script.
 METRIC_REGEXES = {
     "epoch": r"epoch=([0-9]+);",
@@ -80,87 +83,103 @@ def last_line(text: str) -> str:
     return text.strip().splitlines()[-1]
 
 
-# --- a full run ------------------------------------------------------------------------------------------------
+# --- a run stopped by SIGTERM, then resumed ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SpotRun:
+    """A two-epoch run stopped by SIGTERM after epoch 1, as SageMaker stops a spot instance, then run again."""
+
+    ml_dir: Path
+    interrupted_output: str
+    left_by_interruption: list[str]  # files under /opt/ml after the first process ended
+    resumed: subprocess.CompletedProcess
+
+
+def run_until_first_epoch_then_sigterm(arguments: list[str], environment: dict[str, str], cwd: Path) -> str:
+    """Start train.py, send it SIGTERM as soon as it prints epoch 1's metric line, and return its output."""
+    process = subprocess.Popen(
+        [sys.executable, str(TRAIN_SCRIPT), *arguments],
+        cwd=cwd, env=os.environ | environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("epoch=1;"):
+            process.send_signal(signal.SIGTERM)
+            break
+    rest, _ = process.communicate(timeout=300)
+    return "".join(lines) + rest
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory: pytest.TempPathFactory, mirror_dir: Path) -> tuple[Path, subprocess.CompletedProcess]:
-    """One epoch on 1,000 real digits in a container layout: the /opt/ml folder and the finished process."""
+def spot_run(tmp_path_factory: pytest.TempPathFactory, mirror_dir: Path) -> SpotRun:
+    """Two epochs on 1,000 real digits in a container layout, interrupted after epoch 1 and run again."""
     root = tmp_path_factory.mktemp("container")
-    environment = container_layout(root / "opt" / "ml", mirror_dir)
-    completed = run_train_script(["--epochs", "1", *SMALL_RUN], environment, cwd=root)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return root / "opt" / "ml", completed
+    ml_dir = root / "opt" / "ml"
+    environment = container_layout(ml_dir, mirror_dir)
+    interrupted_output = run_until_first_epoch_then_sigterm(TWO_EPOCHS, environment, cwd=root)
+    left = [str(path.relative_to(ml_dir)) for path in files_under(ml_dir) if "input" not in path.parts]
+    resumed = run_train_script(TWO_EPOCHS, environment, cwd=root)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return SpotRun(ml_dir, interrupted_output, left, resumed)
 
 
-def test_run_saves_a_model_that_recognises_real_test_digits(first_run, mirror_dir: Path) -> None:
-    ml_dir, _ = first_run
+def printed_metric(run: SpotRun, name: str) -> float:
+    """A metric's value in the resumed run's stdout, read with its SageMaker regex."""
+    return float(re.search(METRIC_REGEXES[name], run.resumed.stdout).group(1))
+
+
+def test_interruption_leaves_the_last_checkpoint_and_no_model(spot_run: SpotRun) -> None:
+    assert epoch_numbers(spot_run.interrupted_output) == [1]
+    assert "checkpoints/last.ckpt" in spot_run.left_by_interruption
+    assert "model/model.pt" not in spot_run.left_by_interruption
+
+
+def test_rerun_resumes_from_the_checkpoint_instead_of_starting_over(spot_run: SpotRun) -> None:
+    assert epoch_numbers(spot_run.resumed.stdout) == [2]
+
+
+def test_run_saves_a_model_that_recognises_real_test_digits(spot_run: SpotRun, mirror_dir: Path) -> None:
     test_images, test_labels = load_split(mirror_dir, "test")
 
-    model = load_model(ml_dir / "model" / "model.pt")
+    model = load_model(spot_run.ml_dir / "model" / "model.pt")
 
     accuracy = (predict(model, test_images) == test_labels).float().mean().item()
     assert accuracy >= 0.80
+    assert accuracy == pytest.approx(printed_metric(spot_run, "test_acc"), abs=2 / len(test_labels))
 
 
-def test_run_prints_metric_lines_that_sagemaker_regexes_capture(first_run) -> None:
-    _, completed = first_run
+def test_run_prints_metric_lines_that_sagemaker_regexes_capture(spot_run: SpotRun) -> None:
+    captured = {name: re.findall(regex, spot_run.resumed.stdout) for name, regex in METRIC_REGEXES.items()}
 
-    captured = {name: re.findall(regex, completed.stdout) for name, regex in METRIC_REGEXES.items()}
-
-    assert epoch_numbers(completed.stdout) == [1]
     assert all(len(values) == 1 for values in captured.values()), captured
     assert 0.5 < float(captured["val_acc"][0]) <= 1
     assert 0.5 < float(captured["test_acc"][0]) <= 1
 
 
-def test_printed_test_accuracy_is_the_saved_models_accuracy(first_run, mirror_dir: Path) -> None:
-    ml_dir, completed = first_run
-    test_images, test_labels = load_split(mirror_dir, "test")
-    printed = float(re.search(METRIC_REGEXES["test_acc"], completed.stdout).group(1))
+def test_run_writes_metrics_json_with_the_printed_test_accuracy(spot_run: SpotRun) -> None:
+    metrics = json.loads((spot_run.ml_dir / "output" / "data" / "metrics.json").read_text())
 
-    accuracy = (predict(load_model(ml_dir / "model" / "model.pt"), test_images) == test_labels).float().mean().item()
-
-    assert accuracy == pytest.approx(printed, abs=2 / len(test_labels))
+    assert metrics["test_acc"] == pytest.approx(printed_metric(spot_run, "test_acc"), rel=1e-5)
 
 
-def metrics_json_and_printed(first_run, name: str) -> tuple[dict[str, float], float]:
-    """The run's output/data/metrics.json, and the value of one metric as its stdout printed it."""
-    ml_dir, completed = first_run
-    printed = float(re.search(METRIC_REGEXES[name], completed.stdout).group(1))
-    return json.loads((ml_dir / "output" / "data" / "metrics.json").read_text()), printed
+def test_metrics_json_keeps_the_final_validation_accuracy(spot_run: SpotRun) -> None:
+    metrics = json.loads((spot_run.ml_dir / "output" / "data" / "metrics.json").read_text())
+
+    assert metrics.get("val_acc") == pytest.approx(printed_metric(spot_run, "val_acc"), rel=1e-5)
 
 
-def test_run_writes_metrics_json_with_the_printed_test_accuracy(first_run) -> None:
-    metrics, printed = metrics_json_and_printed(first_run, "test_acc")
-
-    assert metrics["test_acc"] == pytest.approx(printed, rel=1e-5)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG code/train.py:255: metrics.json is built from trainer.callback_metrics after trainer.test(), "
-    "which has replaced the fit metrics: val_acc/val_loss/train_loss are missing from the run's final metrics",
-)
-def test_metrics_json_keeps_the_final_validation_accuracy(first_run) -> None:
-    metrics, printed = metrics_json_and_printed(first_run, "val_acc")
-
-    assert metrics.get("val_acc") == pytest.approx(printed, rel=1e-5)
-
-
-def test_run_writes_last_and_best_checkpoints(first_run) -> None:
-    ml_dir, _ = first_run
-
-    names = {path.name for path in files_under(ml_dir / "checkpoints")}
+def test_run_writes_last_and_best_checkpoints(spot_run: SpotRun) -> None:
+    names = {path.name for path in files_under(spot_run.ml_dir / "checkpoints")}
 
     assert {"last.ckpt", "best.ckpt"} <= names
 
 
-def test_run_writes_tensorboard_scalars_under_output(first_run) -> None:
+def test_run_writes_tensorboard_scalars_under_output(spot_run: SpotRun) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    ml_dir, _ = first_run
-    event_files = [path for path in files_under(ml_dir / "output" / "tensorboard") if "tfevents" in path.name]
+    event_files = [path for path in files_under(spot_run.ml_dir / "output" / "tensorboard") if "tfevents" in path.name]
     assert event_files
 
     tags = set()
@@ -169,28 +188,20 @@ def test_run_writes_tensorboard_scalars_under_output(first_run) -> None:
     assert {"train_loss", "val_acc", "test_acc"} <= tags
 
 
-def test_successful_run_leaves_no_failure_file(first_run) -> None:
-    ml_dir, _ = first_run
-
-    assert (ml_dir / "model" / "model.pt").is_file()
-    assert not (ml_dir / "output" / "failure").exists()
+def test_successful_run_leaves_no_failure_file(spot_run: SpotRun) -> None:
+    assert (spot_run.ml_dir / "model" / "model.pt").is_file()
+    assert not (spot_run.ml_dir / "output" / "failure").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG code/mnist_model.py:80-81 with code/train.py:252: OneCycleLR's total_steps is restored from "
-    "last.ckpt (the first run's step count), so a resumed run with more epochs exits 1 with "
-    "'Tried to step 33 times. The specified number of total steps is 32'",
-)
-def test_second_run_with_more_epochs_resumes_from_the_last_checkpoint(first_run, tmp_path: Path) -> None:
-    ml_dir, _ = first_run
-    shutil.copytree(ml_dir, tmp_path / "ml")
+def test_resuming_with_another_number_of_epochs_is_refused(spot_run: SpotRun, tmp_path: Path) -> None:
+    ml_dir = Path(shutil.copytree(spot_run.ml_dir, tmp_path / "ml"))
+    model_before = (ml_dir / "model" / "model.pt").read_bytes()
 
-    completed = run_train_script(["--epochs", "2", *SMALL_RUN], sm_environment(tmp_path / "ml"), cwd=tmp_path)
+    status = train.main(["--epochs", "3", *SMALL_RUN], environ=sm_environment(ml_dir))
 
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert epoch_numbers(completed.stdout) == [2]
-    assert re.search(METRIC_REGEXES["test_acc"], completed.stdout)
+    assert status == 1
+    assert "resume with the same epochs" in (ml_dir / "output" / "failure").read_text()
+    assert (ml_dir / "model" / "model.pt").read_bytes() == model_before
 
 
 # --- failures a SageMaker user must be able to read ------------------------------------------------------------
