@@ -4,8 +4,8 @@
     python tools/run_notebooks.py --aws real          # against the AWS account of your credentials
     python tools/run_notebooks.py -p EPOCHS=1 01 02   # some notebooks, with parameters
 
-Writes build/notebooks/*.ipynb (executed), build/html/*.html and build/summary.json, and exits
-non-zero when a notebook fails.
+Writes build/notebooks/*.ipynb (executed), build/html/*.html with an index.html linking them in order,
+and build/summary.json, and exits non-zero when a notebook fails.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import html
 import json
 import os
 import sys
@@ -100,6 +101,27 @@ def aws_environment(aws: str, state_dir: Path) -> Iterator[None]:
             os.environ.update(saved)
 
 
+def index_page(runs: Sequence[NotebookRun], aws: str) -> str:
+    """An HTML page linking the executed notebooks in order, with each one's status, duration and results."""
+    rows = []
+    for run in runs:
+        results = ", ".join(f"{name} = {value}" for name, value in run.results.items())
+        rows.append(
+            f'<tr class="{run.status}"><td><a href="{html.escape(run.name)}.html">{html.escape(run.name)}</a></td>'
+            f"<td>{run.status}</td><td>{run.duration_s:.0f} s</td><td>{html.escape(results)}</td></tr>"
+        )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>MNIST with PyTorch Lightning on Amazon SageMaker</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.3em .8em;text-align:left}}
+tr.failed{{background:#fdd}}</style></head><body>
+<h1>Handwritten digits with PyTorch Lightning on Amazon SageMaker</h1>
+<p>The executed notebooks, in reading order (AWS: {aws}).</p>
+<table><tr><th>notebook</th><th>status</th><th>duration</th><th>results</th></tr>
+{chr(10).join(rows)}
+</table></body></html>
+"""
+
+
 def parse_parameter(text: str) -> tuple[str, object]:
     """Parse NAME=VALUE; VALUE is read as JSON when it can be (numbers, booleans), else kept as text."""
     name, sep, value = text.partition("=")
@@ -138,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs.append(run)
     summary = {"aws": args.aws, "notebooks": [dataclasses.asdict(run) for run in runs]}
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"Wrote {args.output / 'summary.json'} and {args.output / 'html'}")
+    (args.output / "html" / "index.html").write_text(index_page(runs, args.aws))
+    print(f"Wrote {args.output / 'summary.json'} and {args.output / 'html' / 'index.html'}")
     return 0 if all(run.status == "ok" for run in runs) else 1
 
 
