@@ -76,3 +76,22 @@ def misclassified(
     return digit_grid(
         images[wrong], labels[wrong], predictions[wrong], title=f"{len(wrong)} misclassified digits"
     )
+
+
+def training_curves(runs: Mapping[str, Mapping[str, list[tuple[int, float]]]]) -> Figure:
+    """Loss and validation accuracy against training step, for several runs side by side."""
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for run, scalars in runs.items():
+        for tag, style in (("train_loss", ":"), ("val_loss", "-")):
+            if tag in scalars:
+                steps, values = zip(*scalars[tag])
+                loss_axis.plot(steps, values, style, marker="." if tag == "val_loss" else None, label=f"{run} {tag}")
+        if "val_acc" in scalars:
+            steps, values = zip(*scalars["val_acc"])
+            accuracy_axis.plot(steps, values, "-o", label=run)
+    loss_axis.set(xlabel="training step", ylabel="cross-entropy loss", title="Loss", yscale="log")
+    accuracy_axis.set(xlabel="training step", ylabel="validation accuracy", title="Validation accuracy")
+    for axis in (loss_axis, accuracy_axis):
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure

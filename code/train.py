@@ -215,7 +215,7 @@ def build_trainer(hp: Hyperparameters, paths: Paths, num_gpus: int) -> pl.Traine
     )
     return pl.Trainer(
         max_epochs=hp.epochs,
-        logger=TensorBoardLogger(paths.tensorboard, name="mnist"),
+        logger=TensorBoardLogger(paths.tensorboard, name="mnist", default_hp_metric=False),
         callbacks=[checkpoints, SaveOnInterrupt(paths.checkpoints / LAST_CHECKPOINT), MetricLines()],
         enable_progress_bar=hp.progress_bar,
         enable_model_summary=False,
