@@ -5,8 +5,8 @@ in SageMaker Studio. Offline, every client is pointed at this endpoint by enviro
 SageMaker SDK config file names the default bucket and execution role, because SDK 3 otherwise asks
 STS for the account (to name the bucket) at a hard-coded `sts.<region>.amazonaws.com` address.
 
-The server runs in its own process (`serve`), so it can later be extended in-process, for example by
-patching moto's SageMaker backend to run training jobs for real.
+The server runs in its own process (`serve`), which also patches moto's SageMaker backend so that
+training jobs really run on this machine (`local_training.py`).
 
     python tools/local_aws.py serve --state-dir build/aws    # prints the `export` lines a shell needs
 """
@@ -130,10 +130,15 @@ def provision(state_dir: Path, endpoint_url: str) -> dict[str, str]:
 def serve(state_dir: Path) -> None:
     """Run the endpoint on a free port of 127.0.0.1 until SIGTERM or SIGINT; `env.json` exists meanwhile."""
     state_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    # Imported here: it patches moto, which only the server process should see.
+    import local_training
+
+    training_jobs = local_training.install(state_dir)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     env_file = state_dir / ENV_FILE
@@ -145,6 +150,7 @@ def serve(state_dir: Path) -> None:
         stop.wait()
     finally:
         env_file.unlink(missing_ok=True)
+        training_jobs.shutdown()
         server.stop()
 
 
