@@ -11,6 +11,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import torch
 
 import mnist_data
 import mnist_model
@@ -33,6 +34,14 @@ def workbook(
         "01_download_and_explore": {**common, "S3_PREFIX": "mnist"},
         "02_build_the_model": {**common, "OVERFIT_EPOCHS": 30},
         "03_train_locally": {**common, "RUN_DIR": str(run_dir), "EPOCHS": 2},
+        "04_train_on_sagemaker": {**common, "S3_PREFIX": "mnist", "MODEL_DIR": str(work / "job-model"), "EPOCHS": 2},
+        "06_deploy_and_predict": {
+            **common,
+            "SAGEMAKER_MODEL_DIR": str(work / "job-model"),
+            "LOCAL_MODEL_DIR": str(run_dir / "model"),
+            "DEPLOY_DIR": str(work / "deploy"),
+            "LATENCY_REQUESTS": 20,
+        },
     }
     runs = {}
     with pytest.MonkeyPatch.context() as patch:
@@ -93,3 +102,80 @@ def test_03_trains_a_model_that_recognises_held_out_real_digits(workbook, mirror
     assert accuracy == pytest.approx(results["test_accuracy"], abs=1e-6)
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert list((run_dir / "output" / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def deployed_model_file(workbook: dict[str, object], results: dict[str, object]) -> Path:
+    """The model notebook 06 deployed: notebook 04's job's if that notebook ran, else notebook 03's."""
+    model_file = Path(results["model_file"])
+    candidates = {workbook["run_dir"].parent / "job-model" / "model.pt", workbook["run_dir"] / "model" / "model.pt"}
+    assert model_file in candidates, f"notebook 06 deployed {model_file}, not a model of notebook 03 or 04"
+    return model_file
+
+
+def test_06_serves_the_trained_model_through_an_in_process_endpoint(workbook, mirror_dir: Path) -> None:
+    results = run_of(workbook, "06_deploy_and_predict").results
+    assert results["predict_accuracy"] >= 0.90
+    # The endpoint answers exactly as the deployed model does in this process.
+    model = mnist_model.load_model(deployed_model_file(workbook, results))
+    images, labels = mnist_data.load_split(mirror_dir, "test")
+    accuracy = (mnist_model.predict(model, images) == labels).float().mean().item()
+    assert results["predict_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert results["hand_drawn_digit"] == 7
+    assert 0 < results["latency_p50_ms"] <= results["latency_p99_ms"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # PyTorch 2.14 points to torch.export instead
+def test_06_exports_torchscript_that_computes_what_the_eager_model_computes(workbook, mirror_dir: Path) -> None:
+    results = run_of(workbook, "06_deploy_and_predict").results
+    assert 0 <= results["torchscript_max_abs_diff"] <= 1e-5
+    # Check the exported file independently of what the notebook reported.
+    scripted = torch.jit.load(workbook["run_dir"].parent / "deploy" / "mnist_torchscript.pt")
+    model = mnist_model.load_model(deployed_model_file(workbook, results))
+    images = mnist_data.normalise(mnist_data.load_split(mirror_dir, "test")[0])
+    with torch.inference_mode():
+        assert (scripted(images) - model(images)).abs().max().item() <= 1e-5
+
+
+def test_04_runs_a_training_job_whose_model_recognises_held_out_real_digits(
+    workbook, local_aws: LocalAWS, mirror_dir: Path, tmp_path: Path
+) -> None:
+    import tarfile
+
+    results = run_of(workbook, "04_train_on_sagemaker").results
+    credentials = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+    session = boto3.session.Session(**credentials)
+    s3, logs, sagemaker = (
+        session.client(service, endpoint_url=local_aws.endpoint_url) for service in ("s3", "logs", "sagemaker")
+    )
+    job_name = results["model_data"].split("/")[-3]  # s3://<bucket>/<base job name>/<job>/output/model.tar.gz
+    job = sagemaker.describe_training_job(TrainingJobName=job_name)
+    assert job["TrainingJobStatus"] == results["job_status"] == "Completed"
+    assert job["BillableTimeInSeconds"] == results["billable_seconds"] > 0
+    # SageMaker read the validation accuracy from the job's log with the notebook's metric definitions.
+    final_metrics = {metric["MetricName"]: metric["Value"] for metric in job["FinalMetricDataList"]}
+    assert final_metrics["validation:accuracy"] == pytest.approx(results["val_accuracy"])
+    assert results["val_accuracy"] > 0.9
+    # The model in S3, checked independently of the notebook: it loads with weights_only=True and scores.
+    assert job["ModelArtifacts"]["S3ModelArtifacts"] == results["model_data"]
+    bucket, key = results["model_data"].removeprefix("s3://").split("/", 1)
+    s3.download_file(bucket, key, str(tmp_path / "model.tar.gz"))
+    with tarfile.open(tmp_path / "model.tar.gz") as archive:
+        assert archive.getnames() == ["model.pt"]
+        archive.extractall(tmp_path, filter="data")
+    model = mnist_model.load_model(tmp_path / "model.pt")
+    images, labels = mnist_data.load_split(mirror_dir, "test")
+    accuracy = (mnist_model.predict(model, images) == labels).float().mean().item()
+    assert accuracy >= 0.90 and accuracy == pytest.approx(results["test_accuracy"], abs=1e-6)
+    # The job's CloudWatch log holds train.py's metric lines: one per epoch, then the test metrics.
+    group = "/aws/sagemaker/TrainingJobs"
+    (stream,) = logs.describe_log_streams(logGroupName=group, logStreamNamePrefix=f"{job_name}/")["logStreams"]
+    events = logs.get_log_events(logGroupName=group, logStreamName=stream["logStreamName"], startFromHead=True)
+    lines = [event["message"] for event in events["events"]]
+    assert [line.split(";")[0] for line in lines if line.startswith("epoch=")] == ["epoch=1", "epoch=2"]
+    assert any(line.startswith("test_loss=") and "test_acc=" in line for line in lines)
+    # TensorBoard event files and checkpoints reached S3, where SageMaker puts them.
+    tensorboard = f"{job['TensorBoardOutputConfig']['S3OutputPath']}/{job_name}/tensorboard-output/"
+    for uri, expected in ((tensorboard, "events.out.tfevents."), (job["CheckpointConfig"]["S3Uri"], "last.ckpt")):
+        prefix = uri.removeprefix(f"s3://{bucket}/")
+        keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+        assert any(expected in key for key in keys), f"no {expected} under {uri}: {keys}"
