@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 MNIST_FILES: tuple[str, ...] = (
     "train-images-idx3-ubyte.gz",

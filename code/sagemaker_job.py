@@ -100,6 +100,30 @@ def list_s3(uri: str, *, s3_client: BaseClient | None = None) -> list[str]:
     return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
 
 
+def download_prefix(uri: str, target_dir: Path, *, s3_client: BaseClient | None = None) -> list[Path]:
+    """Download every object under an S3 prefix into target_dir, keeping their paths below the prefix."""
+    bucket, prefix = split_s3_uri(uri)
+    s3_client = s3_client or boto3.client("s3")
+    target_dir = Path(target_dir).resolve()
+    files = []
+    for key in list_s3(uri, s3_client=s3_client):
+        path = (target_dir / key[len(prefix):].lstrip("/")).resolve()
+        if not path.is_relative_to(target_dir):  # a key such as "../x" must not write outside target_dir
+            raise ValueError(f"s3://{bucket}/{key} would be written outside {target_dir}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        s3_client.download_file(bucket, key, str(path))
+        files.append(path)
+    return files
+
+
+def latest_completed_job(base_job_name: str) -> TrainingJob | None:
+    """The newest completed training job whose name contains base_job_name, or None when there is none."""
+    jobs = TrainingJob.get_all(
+        name_contains=base_job_name, status_equals="Completed", sort_by="CreationTime", sort_order="Descending"
+    )
+    return next(iter(jobs), None)
+
+
 def download_model(model_data: str, target_dir: Path, *, s3_client: BaseClient | None = None) -> list[Path]:
     """Download a model.tar.gz from S3 and unpack it into target_dir; return the files it held.
 

@@ -6,6 +6,14 @@ and the local AWS endpoint. Executed copies are kept under build/test-notebooks 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +24,7 @@ import torch
 import mnist_data
 import mnist_model
 import run_notebooks
+import tb_logs
 from local_aws import LocalAWS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +44,7 @@ def workbook(
         "02_build_the_model": {**common, "OVERFIT_EPOCHS": 30},
         "03_train_locally": {**common, "RUN_DIR": str(run_dir), "EPOCHS": 2},
         "04_train_on_sagemaker": {**common, "S3_PREFIX": "mnist", "MODEL_DIR": str(work / "job-model"), "EPOCHS": 2},
+        "05_review_tensorboard_logs": {**common, "LOCAL_RUN_DIR": str(run_dir), "JOB_LOGS_DIR": str(work / "job-logs")},
         "06_deploy_and_predict": {
             **common,
             "SAGEMAKER_MODEL_DIR": str(work / "job-model"),
@@ -53,7 +63,7 @@ def workbook(
             patch.setenv(name, value)
         for path in run_notebooks.select_notebooks([]):
             runs[path.stem] = run_notebooks.execute_notebook(path, EXECUTED, parameters.get(path.stem, common))
-    yield {"runs": runs, "data_dir": data_dir, "run_dir": run_dir}
+    yield {"runs": runs, "data_dir": data_dir, "run_dir": run_dir, "job_logs": work / "job-logs"}
 
 
 def run_of(workbook: dict[str, object], name: str) -> run_notebooks.NotebookRun:
@@ -179,3 +189,56 @@ def test_04_runs_a_training_job_whose_model_recognises_held_out_real_digits(
         prefix = uri.removeprefix(f"s3://{bucket}/")
         keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
         assert any(expected in key for key in keys), f"no {expected} under {uri}: {keys}"
+
+
+def free_port() -> int:
+    """A loopback port free at the moment of asking."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def tensorboard_server(logdir: Path) -> Iterator[str]:
+    """The real TensorBoard server on 127.0.0.1, serving `logdir`; yields its base URL and stops it."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "tensorboard"), "--logdir", str(logdir), "--host", "127.0.0.1",
+               "--port", str(port), "--reload_interval", "0"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/data/plugin/scalars/tags", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "TensorBoard did not start within 60 s"
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_05_reads_the_local_and_the_sagemaker_runs(workbook) -> None:
+    results = run_of(workbook, "05_review_tensorboard_logs").results
+    assert results["runs"] == 2  # notebook 03's local run and notebook 04's job
+    local = tb_logs.read_scalars(workbook["run_dir"] / "output" / "tensorboard")
+    job = tb_logs.read_scalars(workbook["job_logs"])
+    assert results["scalar_points"] == sum(len(points) for scalars in (local, job) for points in scalars.values())
+    assert len(job["val_acc"]) == 2 and job["val_acc"][-1][1] > 0.9  # two epochs, as notebook 04 was told
+
+
+def test_05_tensorboard_serves_the_values_the_notebook_plotted(workbook) -> None:
+    run_of(workbook, "05_review_tensorboard_logs")
+    logdir = workbook["job_logs"]
+    plotted = tb_logs.read_scalars(logdir)
+    with tensorboard_server(logdir) as url:
+        tags = json.load(urllib.request.urlopen(f"{url}/data/plugin/scalars/tags", timeout=10))
+        (run,) = [run for run, run_tags in tags.items() if "val_acc" in run_tags]
+        query = urllib.parse.urlencode({"run": run, "tag": "val_acc"})
+        served = json.load(urllib.request.urlopen(f"{url}/data/plugin/scalars/scalars?{query}", timeout=10))
+    assert [step for _, step, _ in served] == [step for step, _ in plotted["val_acc"]]
+    assert [value for _, _, value in served] == pytest.approx([value for _, value in plotted["val_acc"]])
