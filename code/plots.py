@@ -79,16 +79,17 @@ def misclassified(
 
 
 def training_curves(runs: Mapping[str, Mapping[str, list[tuple[int, float]]]]) -> Figure:
-    """Loss and validation accuracy against training step, for several runs side by side."""
+    """Loss and validation accuracy against training step, for several runs side by side (one colour a run)."""
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for run, scalars in runs.items():
-        for tag, style in (("train_loss", ":"), ("val_loss", "-")):
-            if tag in scalars:
-                steps, values = zip(*scalars[tag])
-                loss_axis.plot(steps, values, style, marker="." if tag == "val_loss" else None, label=f"{run} {tag}")
+    for index, (run, scalars) in enumerate(runs.items()):
+        # Identical runs overlap exactly: later runs get larger hollow markers so that both stay visible.
+        style = {"color": f"C{index}", "markersize": 5 + 4 * index, "markerfacecolor": "none" if index else None}
+        if "train_loss" in scalars:
+            loss_axis.plot(*zip(*scalars["train_loss"]), ":", color=style["color"], label=f"{run} training")
+        if "val_loss" in scalars:
+            loss_axis.plot(*zip(*scalars["val_loss"]), "-o", label=f"{run} validation", **style)
         if "val_acc" in scalars:
-            steps, values = zip(*scalars["val_acc"])
-            accuracy_axis.plot(steps, values, "-o", label=run)
+            accuracy_axis.plot(*zip(*scalars["val_acc"]), "-o", label=run, **style)
     loss_axis.set(xlabel="training step", ylabel="cross-entropy loss", title="Loss", yscale="log")
     accuracy_axis.set(xlabel="training step", ylabel="validation accuracy", title="Validation accuracy")
     for axis in (loss_axis, accuracy_axis):
