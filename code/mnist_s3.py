@@ -10,6 +10,7 @@ import base64
 import hashlib
 import logging
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -27,6 +28,14 @@ CHANNEL_FILES = {
 # One PUT per file (S3 takes up to 5 GiB in one): a multipart upload stores a checksum of the parts'
 # checksums, which could not be compared with the file's own SHA-256.
 SINGLE_PUT = TransferConfig(multipart_threshold=5 * 1024**3)
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """Split `s3://bucket/key` into bucket and key."""
+    parts = urlsplit(uri)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError(f"{uri!r} is not an S3 URI (s3://bucket/key)")
+    return parts.netloc, parts.path.lstrip("/")
 
 
 def default_bucket() -> str:

@@ -10,10 +10,10 @@ import logging
 import sys
 import tarfile
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import boto3
 from botocore.client import BaseClient
+from mnist_s3 import split_s3_uri
 from rich.text import Text
 from sagemaker.core.resources import TrainingJob
 from sagemaker.core.shapes import ResourceConfigForUpdate
@@ -78,14 +78,6 @@ def metric_definitions() -> list[MetricDefinition]:
 def final_metrics(job: TrainingJob) -> dict[str, float]:
     """The last value of each metric, as SageMaker extracted them from the job's log."""
     return {metric.metric_name: metric.value for metric in job.final_metric_data_list or []}
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """Split `s3://bucket/key` into bucket and key."""
-    parts = urlsplit(uri)
-    if parts.scheme != "s3" or not parts.netloc:
-        raise ValueError(f"{uri!r} is not an S3 URI (s3://bucket/key)")
-    return parts.netloc, parts.path.lstrip("/")
 
 
 def tensorboard_uri(job: TrainingJob) -> str:

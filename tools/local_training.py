@@ -48,7 +48,6 @@ import threading
 import time
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
-from urllib.parse import urlsplit
 
 import boto3
 import moto
@@ -66,6 +65,9 @@ from moto.core.utils import utcnow  # noqa: E402
 from moto.sagemaker.exceptions import ValidationError  # noqa: E402
 from moto.sagemaker.models import FakeTrainingJob  # noqa: E402
 from moto.sagemaker.responses import SageMakerResponse  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "code"))  # code/ is a folder of modules
+import mnist_s3  # noqa: E402
 
 logger = logging.getLogger("local_training")
 
@@ -123,11 +125,11 @@ class Outcome:
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
-    """Split `s3://bucket/key/prefix` into bucket and key prefix."""
-    parts = urlsplit(uri)
-    if parts.scheme != "s3" or not parts.netloc:
-        raise JobError(f"ClientError: {uri!r} is not an S3 URI (s3://bucket/prefix)")
-    return parts.netloc, parts.path.lstrip("/")
+    """Split `s3://bucket/key/prefix` into bucket and key prefix; a malformed URI fails the job."""
+    try:
+        return mnist_s3.split_s3_uri(uri)
+    except ValueError as error:
+        raise JobError(f"ClientError: {error}") from error
 
 
 def killed_by_sigkill(returncode: int) -> bool:
