@@ -238,6 +238,7 @@ def _fetch_verified(url: str, final: Path, expected: Digests, *, timeout_s: floa
         mismatch = _mismatch(part_path, expected)
         if mismatch is not None:
             raise _MirrorFailure(mismatch, retry=True)
+        os.chmod(part_path, 0o644)  # temporary files are private (0600); the data is not
         os.replace(part_path, final)
     finally:
         part_path.unlink(missing_ok=True)
@@ -293,6 +294,8 @@ def download_mnist(
     for name in files:
         final = dest / name
         paths.append(final)
+        for stale in dest.glob(f".{name}.*.part"):  # left by a download that was killed mid-file
+            stale.unlink()
         if final.exists():
             if verify(final, digests[name]):
                 continue

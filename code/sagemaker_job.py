@@ -127,9 +127,10 @@ def download_model(model_data: str, target_dir: Path, *, s3_client: BaseClient |
     archive = target_dir / Path(split_s3_uri(model_data)[1]).name
     (s3_client or boto3.client("s3")).download_file(*split_s3_uri(model_data), str(archive))
     with tarfile.open(archive, "r:gz") as tar:
-        names = [member.name for member in tar.getmembers() if member.isfile()]
         tar.extractall(target_dir, filter="data")
-    return [target_dir / name for name in names]
+        # The filter also rewrites names (an absolute "/x" lands at target_dir/x): report where files landed.
+        members = [tarfile.data_filter(member, str(target_dir)) for member in tar.getmembers()]
+    return [target_dir / member.name for member in members if member.isfile()]
 
 
 def clean_up(job: TrainingJob) -> list[str]:
