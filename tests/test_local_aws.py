@@ -142,3 +142,11 @@ def test_endpoint_start_failure_shows_stderr(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(RuntimeError, match=r"exited with status 1(.|\n)*moto is broken for this test"):
         with local_aws_tools.local_aws_endpoint(tmp_path / "aws"):
             pass
+
+
+def test_a_relative_state_dir_gives_training_jobs_an_absolute_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Job folders are bind-mounted onto /opt/ml: a relative source would not resolve (as `make tutorial` found).
+    monkeypatch.chdir(tmp_path)
+    with local_aws_tools.local_aws_endpoint(Path("relative-state")):
+        log = (tmp_path / "relative-state" / "serve.log").read_text()
+    assert f"training jobs run under {tmp_path / 'relative-state' / 'training-jobs'}" in log

@@ -129,6 +129,8 @@ def provision(state_dir: Path, endpoint_url: str) -> dict[str, str]:
 
 def serve(state_dir: Path) -> None:
     """Run the endpoint on a free port of 127.0.0.1 until SIGTERM or SIGINT; `env.json` exists meanwhile."""
+    # Absolute, because job folders under it are bind-mounted onto /opt/ml from another working directory.
+    state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
