@@ -1,6 +1,7 @@
 # The workbook's commands. Each one creates the environment it needs when it is missing.
 #   make tutorial   execute every notebook against the local AWS endpoint, write build/
 #   make test       the whole test suite (unit, fault and papermill tests), offline
+#   make bench      the performance benchmark: build/bench.json and a table (BENCH_ARGS=--quick for a short run)
 # Set PYTHON to another Python 3.11 interpreter, or VENV to an existing environment (a conda env).
 
 PYTHON ?= python3.11
@@ -11,7 +12,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 TUTORIAL_STAMP := $(VENV)/.tutorial-installed
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: tutorial test env clean
+.PHONY: tutorial test bench env clean
 
 env: $(TUTORIAL_STAMP)
 
@@ -32,6 +33,9 @@ tutorial: $(TUTORIAL_STAMP)
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest
+
+bench: $(TEST_STAMP)
+	$(PY) tools/bench.py --output build/bench.json $(BENCH_ARGS)
 
 clean:
 	rm -rf build

@@ -18,12 +18,13 @@ MODEL_FILE = "model.pt"
 
 
 def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
-    """Convolution, batch normalisation, ReLU, then 2x2 max pooling (halves height and width)."""
+    """Convolution, 2x2 max pooling (halves height and width), then batch normalisation and ReLU."""
+    # Pooling straight after the convolution leaves batch norm and ReLU a quarter of the values to work on.
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.MaxPool2d(2),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
     )
 
 
@@ -46,7 +47,9 @@ class ResumeMismatchError(ValueError):
 class MNISTClassifier(pl.LightningModule):
     """Classifies 28x28 digits; trained with Adam and a one-cycle learning-rate schedule."""
 
-    def __init__(self, width: int = 16, hidden: int = 128, lr: float = 5e-3, weight_decay: float = 1e-4) -> None:
+    def __init__(
+        self, width: int = 16, hidden: int = 128, lr: float = 1e-2, weight_decay: float = 1e-4, label_smoothing: float = 0.1
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         # channels_last lets the CPU and GPU convolution kernels run about twice as fast on this network.
@@ -60,10 +63,16 @@ class MNISTClassifier(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        # cross_entropy takes raw logits: it applies log-softmax itself.
-        loss = F.cross_entropy(self(images), labels)
-        self.log("train_loss", loss, prog_bar=True)
-        return loss
+        # cross_entropy takes raw logits: it applies log-softmax itself. Label smoothing keeps the network
+        # from growing over-confident; it also puts a floor under the loss (about 0.5 for 0.1).
+        return F.cross_entropy(self(images), labels, label_smoothing=self.hparams.label_smoothing)
+
+    def on_train_batch_end(self, outputs: dict[str, torch.Tensor], batch: object, batch_idx: int) -> None:
+        # self.log costs about a millisecond, a tenth of a step here: log on the steps the logger writes
+        # (every `log_every_n_steps`) and on each epoch's last batch, for the epoch's metric line.
+        last = batch_idx + 1 == self.trainer.num_training_batches
+        if last or self.global_step % self.trainer.log_every_n_steps == 0:
+            self.log("train_loss", outputs["loss"], prog_bar=True)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch

@@ -56,9 +56,10 @@ class Hyperparameters:
     """What a training run can be told; every field is also a `--name value` command-line argument."""
 
     epochs: int = 2
-    batch_size: int = 128
-    lr: float = 5e-3
+    batch_size: int = 64
+    lr: float = 1e-2
     weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
     width: int = 16
     hidden: int = 128
     val_fraction: float = 0.1
@@ -77,6 +78,7 @@ class Hyperparameters:
             "batch_size": self.batch_size >= 1,
             "lr": 0 < self.lr <= 1,
             "weight_decay": self.weight_decay >= 0,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
             "width": self.width >= 1,
             "hidden": self.hidden >= 1,
             "val_fraction": 0 < self.val_fraction < 1,
@@ -266,7 +268,7 @@ def fit(hp: Hyperparameters, paths: Paths, num_gpus: int = 0) -> TrainingResult:
         seed=hp.seed,
         device=device,
     )
-    model = MNISTClassifier(width=hp.width, hidden=hp.hidden, lr=hp.lr, weight_decay=hp.weight_decay)
+    model = MNISTClassifier(width=hp.width, hidden=hp.hidden, lr=hp.lr, weight_decay=hp.weight_decay, label_smoothing=hp.label_smoothing)
     trainer = build_trainer(hp, paths, num_gpus)
     trainer.fit(model, datamodule=data, ckpt_path=resume_checkpoint(paths.checkpoints), weights_only=True)
     fit_metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
