@@ -19,8 +19,20 @@ AWS_ERRORS = (ClientError, EndpointConnectionError, NoCredentialsError, NoRegion
 ACCESS_DENIED_CODES = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "403"}
 
 
+def sdk_errors() -> tuple[type[BaseException], ...]:
+    """The SageMaker SDK's error for a job or endpoint that ended Failed (imported late: the SDK is slow to load)."""
+    from sagemaker.core.utils.exceptions import FailedStatusError
+
+    return (FailedStatusError,)
+
+
 def explain(error: BaseException) -> str:
     """One or two sentences: what went wrong with AWS and what to do about it."""
+    if isinstance(error, sdk_errors()):
+        return (
+            f"{error} Read the job's log above (or in CloudWatch Logs, /aws/sagemaker/TrainingJobs) for the "
+            "lines before the failure, fix the cause, and run the cell again."
+        )
     if isinstance(error, (NoCredentialsError, PartialCredentialsError)):
         return (
             "No AWS credentials found. In SageMaker Studio the execution role provides them; on a laptop run "
@@ -64,4 +76,4 @@ def show_aws_errors_briefly() -> None:
         print(f"{type(error).__name__}: {explain(error)}\n(run %tb to see the full trace)")
         return None
 
-    shell.set_custom_exc(AWS_ERRORS, handler)
+    shell.set_custom_exc(AWS_ERRORS + sdk_errors(), handler)

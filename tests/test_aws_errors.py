@@ -49,6 +49,14 @@ def test_an_unreachable_endpoint_names_it() -> None:
     assert url in message and "local AWS endpoint" in message
 
 
+def test_a_failed_training_job_shows_its_failure_reason_and_where_the_log_is() -> None:
+    from sagemaker.core.utils.exceptions import FailedStatusError
+
+    failed = FailedStatusError(resource_type="TrainingJob", status="Failed", reason="AlgorithmError: boom")
+    message = aws_errors.explain(failed)
+    assert "Failure Reason: AlgorithmError: boom" in message and "/aws/sagemaker/TrainingJobs" in message
+
+
 def test_other_errors_are_not_disguised() -> None:
     with pytest.raises(TypeError):
         aws_errors.explain(ValueError("not AWS"))
