@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import train
 from mnist_data import SPLIT_FILES, load_split
@@ -319,3 +320,11 @@ def test_paths_under_reproduce_the_container_layout(tmp_path: Path) -> None:
     assert paths.output_data == tmp_path / "run" / "output" / "data"
     assert paths.checkpoints == tmp_path / "run" / "checkpoints"
     assert paths.tensorboard == tmp_path / "run" / "output" / "tensorboard"
+
+
+def test_a_cuda_device_gets_mixed_precision_and_a_cpu_plain_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train.accelerator_settings(1) == {"accelerator": "gpu", "devices": 1, "precision": "16-mixed"}
+    assert train.accelerator_settings(0)["accelerator"] == "cpu"  # SM_NUM_GPUS=0 wins over what torch sees
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train.accelerator_settings(1) == {"accelerator": "cpu", "devices": 1, "precision": "32-true"}
