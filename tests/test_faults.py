@@ -40,7 +40,7 @@ import mnist_mirror
 import sagemaker_job
 import train
 from local_aws import LocalAWS
-from mnist_data import SPLIT_FILES
+from container_layout import container_layout
 from mnist_download import MNIST_FILES, Digests, DownloadError, download_mnist, read_sha256sums, verify
 from mnist_model import load_model
 
@@ -283,27 +283,6 @@ def test_a_valid_checkpoint_is_returned_without_a_warning(run_copy: Path) -> Non
 # --- 3. train.py killed with SIGKILL during epoch 2, then started again -----------------------------------------
 
 TWO_EPOCHS = ["--epochs", "2", "--max_train_images", "1000", "--batch_size", "64"]
-CONTAINER_FOLDERS = {
-    "SM_CHANNEL_TRAIN": "input/data/train",
-    "SM_CHANNEL_TEST": "input/data/test",
-    "SM_MODEL_DIR": "model",
-    "SM_OUTPUT_DIR": "output",
-    "SM_OUTPUT_DATA_DIR": "output/data",
-    "CHECKPOINT_DIR": "checkpoints",
-}
-
-
-def container(ml_dir: Path, mirror_dir: Path) -> dict[str, str]:
-    """SageMaker's /opt/ml layout under `ml_dir` with the mirror's digits in its channels; return the SM_* variables."""
-    environment = {name: str(ml_dir / folder) for name, folder in CONTAINER_FOLDERS.items()} | {"SM_NUM_GPUS": "0"}
-    for name in CONTAINER_FOLDERS:
-        Path(environment[name]).mkdir(parents=True, exist_ok=True)
-    for variable, split in (("SM_CHANNEL_TRAIN", "train"), ("SM_CHANNEL_TEST", "test")):
-        for name in SPLIT_FILES[split]:
-            shutil.copy(mirror_dir / name, environment[variable])
-    return environment
-
-
 def epochs_printed(output: str) -> list[int]:
     """The epoch numbers of the `epoch=N;` metric lines in a run's output."""
     return [int(number) for number in re.findall(r"^epoch=([0-9]+);", output, flags=re.MULTILINE)]
@@ -336,7 +315,7 @@ def killed_run(tmp_path_factory: pytest.TempPathFactory, mirror_dir: Path) -> Ki
     """Two epochs on 1,000 digits: killed after epoch 1's checkpoint and restarted; and the same run uninterrupted."""
     root = tmp_path_factory.mktemp("sigkill")
     ml_dir = root / "opt" / "ml"
-    environment = container(ml_dir, mirror_dir)
+    environment = container_layout(ml_dir, mirror_dir)
     last = ml_dir / "checkpoints" / "last.ckpt"
     process = subprocess.Popen(
         [sys.executable, str(TRAIN_SCRIPT), *TWO_EPOCHS],
@@ -363,7 +342,7 @@ def killed_run(tmp_path_factory: pytest.TempPathFactory, mirror_dir: Path) -> Ki
     # The restart, in a new process as after a crash; meanwhile the uninterrupted run trains in this one
     # (the same entry point, train.main), while the restart spends its first seconds importing torch.
     baseline_dir = root / "baseline" / "opt" / "ml"
-    baseline_environment = container(baseline_dir, mirror_dir)
+    baseline_environment = container_layout(baseline_dir, mirror_dir)
     with open(root / "resumed.out", "w+") as out, open(root / "resumed.err", "w+") as err:
         restart = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), *TWO_EPOCHS],
                                    cwd=root, env=os.environ | environment, stdout=out, stderr=err, text=True)

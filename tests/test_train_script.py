@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import train
+from container_layout import container_layout, sm_environment
 from mnist_data import SPLIT_FILES, load_split
 from mnist_model import load_model, predict
 
@@ -31,32 +32,6 @@ METRIC_REGEXES = {
     "val_acc": r"val_acc=([0-9.]+);",
     "test_acc": r"test_acc=([0-9.]+);",
 }
-CONTAINER_FOLDERS = {
-    "SM_CHANNEL_TRAIN": "input/data/train",
-    "SM_CHANNEL_TEST": "input/data/test",
-    "SM_MODEL_DIR": "model",
-    "SM_OUTPUT_DIR": "output",
-    "SM_OUTPUT_DATA_DIR": "output/data",
-    "CHECKPOINT_DIR": "checkpoints",
-}
-
-
-def sm_environment(ml_dir: Path) -> dict[str, str]:
-    """The variables a SageMaker training container sets, for the layout under `ml_dir` (/opt/ml), on a CPU."""
-    return {name: str(ml_dir / folder) for name, folder in CONTAINER_FOLDERS.items()} | {"SM_NUM_GPUS": "0"}
-
-
-def container_layout(ml_dir: Path, mirror_dir: Path) -> dict[str, str]:
-    """Build /opt/ml's folders under `ml_dir`, with the mirror's files in the train and test channels."""
-    environment = sm_environment(ml_dir)
-    for name in CONTAINER_FOLDERS:
-        Path(environment[name]).mkdir(parents=True, exist_ok=True)
-    for variable, split in (("SM_CHANNEL_TRAIN", "train"), ("SM_CHANNEL_TEST", "test")):
-        for name in SPLIT_FILES[split]:
-            shutil.copy(mirror_dir / name, environment[variable])
-    return environment
-
-
 def run_train_script(arguments: list[str], environment: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     """Run code/train.py in a fresh Python process, as the container's entry point does."""
     return subprocess.run(
