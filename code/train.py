@@ -1,6 +1,6 @@
 """Train the MNIST classifier: the same script on a laptop, in the tests and in a SageMaker container.
 
-    python code/train.py --epochs 2 --batch_size 256
+    python code/train.py --epochs 2 --batch_size 64
 
 Hyperparameters arrive as `--key value` arguments (SageMaker passes its hyperparameters that way).
 Folders come from the SageMaker container's environment variables, with local defaults when unset:
@@ -33,9 +33,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnist_data import MNISTDataModule, load_split
 from mnist_model import MNISTClassifier, ResumeMismatchError, save_model
@@ -268,7 +268,9 @@ def fit(hp: Hyperparameters, paths: Paths, num_gpus: int = 0) -> TrainingResult:
         seed=hp.seed,
         device=device,
     )
-    model = MNISTClassifier(width=hp.width, hidden=hp.hidden, lr=hp.lr, weight_decay=hp.weight_decay, label_smoothing=hp.label_smoothing)
+    model = MNISTClassifier(
+        width=hp.width, hidden=hp.hidden, lr=hp.lr, weight_decay=hp.weight_decay, label_smoothing=hp.label_smoothing
+    )
     trainer = build_trainer(hp, paths, num_gpus)
     trainer.fit(model, datamodule=data, ckpt_path=resume_checkpoint(paths.checkpoints), weights_only=True)
     fit_metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
