@@ -1,0 +1,50 @@
+"""Helpers that several test files share: loopback ports, polling, clients of the local endpoint, epoch lines."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import boto3
+
+T = TypeVar("T")
+
+# The credentials local_aws.py gives moto's server; any value works there, these say what they are.
+TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+# train.py prints one `epoch=N; name=value; ...` line per finished epoch (sagemaker_job's metric definitions read them).
+EPOCH_LINE = re.compile(r"^epoch=(\d+);", flags=re.MULTILINE)
+POLL_S = 0.02
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on at the moment of asking."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], T], what: str, timeout_s: float = 120) -> T:
+    """Poll `condition` until it returns something truthy and return that; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(POLL_S)
+    return result
+
+
+def aws_clients(endpoint_url: str, *services: str) -> tuple[Any, ...]:
+    """boto3 clients of the local endpoint for `services`, with the test credentials.
+
+    They come from their own boto3 Session: the default session is the one the SageMaker SDK configures.
+    """
+    session = boto3.session.Session(**TEST_CREDENTIALS)
+    return tuple(session.client(service, endpoint_url=endpoint_url) for service in services)
+
+
+def epochs_in(log: str) -> list[int]:
+    """The epoch numbers of the `epoch=N;` lines train.py printed into `log`, in order."""
+    return [int(number) for number in EPOCH_LINE.findall(log)]
