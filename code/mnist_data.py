@@ -15,18 +15,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from mnist_format import IMAGE_SIZE, NUM_CLASSES, SPLIT_FILES
+
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
-IMAGE_SIZE = 28
-NUM_CLASSES = 10
 # Mean and standard deviation of the 60,000 MNIST training pixels, scaled to [0, 1].
 PIXEL_MEAN = 0.1307
 PIXEL_STD = 0.3081
-
-SPLIT_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
 
 
 def _read_idx(path: Path, magic: int, ndim: int) -> torch.Tensor:

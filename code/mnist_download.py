@@ -29,12 +29,7 @@ from typing import BinaryIO
 
 from tqdm.auto import tqdm
 
-MNIST_FILES: tuple[str, ...] = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
+from mnist_format import MNIST_FILES
 
 # The public mirrors, tried in order (yann.lecun.com itself no longer serves the files reliably).
 DEFAULT_MIRRORS: tuple[str, ...] = (

@@ -12,8 +12,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_data import normalise
-
-NUM_CLASSES = 10
+from mnist_format import NUM_CLASSES
 MODEL_FILE = "model.pt"
 
 

@@ -18,13 +18,10 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from tqdm.auto import tqdm
 
+from mnist_format import SPLIT_FILES
+
 logger = logging.getLogger(__name__)
 
-# The same files per split as mnist_data.SPLIT_FILES, repeated because that module imports torch.
-CHANNEL_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
 # One PUT per file (S3 takes up to 5 GiB in one): a multipart upload stores a checksum of the parts'
 # checksums, which could not be compared with the file's own SHA-256.
 SINGLE_PUT = TransferConfig(multipart_threshold=5 * 1024**3)
@@ -74,7 +71,7 @@ def upload_mnist(
     """
     files = [
         (Path(data_dir) / name, f"{prefix}/{channel}/{name}")
-        for channel, names in CHANNEL_FILES.items()
+        for channel, names in SPLIT_FILES.items()
         for name in names
     ]
     missing = [str(path) for path, _ in files if not path.is_file()]
@@ -104,4 +101,4 @@ def upload_mnist(
                 Callback=bar.update,
             )
             logger.info("Uploaded s3://%s/%s", bucket, key)
-    return {channel: f"s3://{bucket}/{prefix}/{channel}/" for channel in CHANNEL_FILES}
+    return {channel: f"s3://{bucket}/{prefix}/{channel}/" for channel in SPLIT_FILES}

@@ -9,7 +9,7 @@ import torch
 from matplotlib.figure import Figure
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-NUM_CLASSES = 10
+from mnist_format import NUM_CLASSES
 
 
 def digit_grid(

@@ -20,7 +20,7 @@ from sagemaker.core.shapes import ResourceConfigForUpdate
 from sagemaker.core.training.configs import MetricDefinition, SourceCode
 
 # What the training container needs: the entry script, the modules it imports and the extra packages.
-CONTAINER_FILES = ("train.py", "mnist_data.py", "mnist_model.py", "requirements.txt")
+CONTAINER_FILES = ("train.py", "mnist_data.py", "mnist_format.py", "mnist_model.py", "requirements.txt")
 ENTRY_SCRIPT = "train.py"
 REQUIREMENTS = "requirements.txt"
 # train.py prints `name=value;` lines; each SageMaker metric is a regex whose first group is the value.

