@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import boto3
@@ -33,6 +33,25 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     if parts.scheme != "s3" or not parts.netloc:
         raise ValueError(f"{uri!r} is not an S3 URI (s3://bucket/key)")
     return parts.netloc, parts.path.lstrip("/")
+
+
+def local_path_for_key(target_dir: Path, bucket: str, prefix: str, key: str) -> Path:
+    """Where the object `key`, listed under `prefix`, lands when the prefix is downloaded into target_dir.
+
+    Its path below the prefix is kept (an object named by the prefix itself keeps its own name). A key
+    that would escape target_dir (`..` segments) is refused: S3 keys are any strings, not safe paths.
+    """
+    if not key.startswith(prefix):
+        raise ValueError(f"s3://{bucket}/{key} is not under the prefix s3://{bucket}/{prefix} being downloaded")
+    relative = key[len(prefix):].lstrip("/") or PurePosixPath(key).name
+    target = Path(target_dir).resolve()
+    path = (target / relative).resolve()
+    if path == target or not path.is_relative_to(target):
+        raise ValueError(
+            f"s3://{bucket}/{key} would be written outside {target} (it resolves to {path}): refusing it. "
+            "Rename the object: below the prefix, its key must be a relative path without '.' or '..' parts."
+        )
+    return path
 
 
 def default_bucket() -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import boto3
 from botocore.client import BaseClient
-from mnist_s3 import split_s3_uri
+from mnist_s3 import local_path_for_key, split_s3_uri
 from rich.text import Text
 from sagemaker.core.resources import TrainingJob
 from sagemaker.core.shapes import ResourceConfigForUpdate
@@ -96,12 +96,11 @@ def download_prefix(uri: str, target_dir: Path, *, s3_client: BaseClient | None 
     """Download every object under an S3 prefix into target_dir, keeping their paths below the prefix."""
     bucket, prefix = split_s3_uri(uri)
     s3_client = s3_client or boto3.client("s3")
-    target_dir = Path(target_dir).resolve()
     files = []
     for key in list_s3(uri, s3_client=s3_client):
-        path = (target_dir / key[len(prefix):].lstrip("/")).resolve()
-        if not path.is_relative_to(target_dir):  # a key such as "../x" must not write outside target_dir
-            raise ValueError(f"s3://{bucket}/{key} would be written outside {target_dir}")
+        if key.endswith("/"):  # a folder marker (as the S3 console creates), not a file
+            continue
+        path = local_path_for_key(target_dir, bucket, prefix, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         s3_client.download_file(bucket, key, str(path))
         files.append(path)
