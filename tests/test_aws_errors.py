@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import boto3
 import pytest
 from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
@@ -11,13 +9,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import aws_errors
 from local_aws import LocalAWS
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from support import free_port
 
 
 def test_missing_credentials_and_region_say_how_to_provide_them() -> None:
@@ -40,7 +32,7 @@ def test_access_denied_points_at_the_iam_policy() -> None:
 
 
 def test_an_unreachable_endpoint_names_it() -> None:
-    url = f"http://127.0.0.1:{closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
                           aws_access_key_id="x", aws_secret_access_key="y")
     with pytest.raises(Exception) as caught:

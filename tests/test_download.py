@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from mnist_download import (
     sources_from_env,
     verify,
 )
+from support import free_port
 
 REAL_T10K = Path(__file__).resolve().parents[2] / "shared/data/mnist-t10k"
 LABELS = "t10k-labels-idx1-ubyte.gz"
@@ -119,11 +119,8 @@ def recompressed_dir(tmp_path_factory: pytest.TempPathFactory, mirror_dir: Path)
 
 @pytest.fixture
 def refused_url() -> str:
-    """A loopback URL whose port nothing listens on (taken from a socket that was then closed)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
+    """A loopback URL whose port nothing listens on."""
+    return f"http://127.0.0.1:{free_port()}/"
 
 
 @pytest.fixture

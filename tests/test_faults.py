@@ -22,11 +22,9 @@ import subprocess
 import sys
 import tarfile
 import threading
-import time
 import urllib.request
 import uuid
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -43,20 +41,11 @@ from local_aws import LocalAWS
 from container_layout import container_layout
 from mnist_download import MNIST_FILES, Digests, DownloadError, download_mnist, read_sha256sums, verify
 from mnist_model import load_model
+from support import epochs_in, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "code" / "train.py"
 TIMEOUT_S = 300
-POLL_S = 0.02
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 120) -> None:
-    """Poll `condition` until it is true; fail naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(POLL_S)
 
 
 # --- 1. download killed mid-file; a mirror serving a file of the wrong size -------------------------------------
@@ -283,9 +272,6 @@ def test_a_valid_checkpoint_is_returned_without_a_warning(run_copy: Path) -> Non
 # --- 3. train.py killed with SIGKILL during epoch 2, then started again -----------------------------------------
 
 TWO_EPOCHS = ["--epochs", "2", "--max_train_images", "1000", "--batch_size", "64"]
-def epochs_printed(output: str) -> list[int]:
-    """The epoch numbers of the `epoch=N;` metric lines in a run's output."""
-    return [int(number) for number in re.findall(r"^epoch=([0-9]+);", output, flags=re.MULTILINE)]
 
 
 def readable_checkpoint(path: Path) -> dict | None:
@@ -365,15 +351,15 @@ def killed_run(tmp_path_factory: pytest.TempPathFactory, mirror_dir: Path) -> Ki
 
 def test_sigkill_during_epoch_2_leaves_the_epoch_1_checkpoint_and_no_model(killed_run: KilledRun) -> None:
     assert killed_run.killed_status == -signal.SIGKILL
-    assert epochs_printed(killed_run.killed_output) == [1]
+    assert epochs_in(killed_run.killed_output) == [1]
     assert killed_run.checkpoint_at_kill["epoch"] == 0  # Lightning counts epochs from 0
     assert "checkpoints/last.ckpt" in killed_run.left_by_kill
     assert "model/model.pt" not in killed_run.left_by_kill
 
 
 def test_restart_after_sigkill_resumes_at_epoch_2_and_matches_an_uninterrupted_run(killed_run: KilledRun) -> None:
-    assert epochs_printed(killed_run.resumed.stdout) == [2]
-    assert epochs_printed(killed_run.baseline_output) == [1, 2]
+    assert epochs_in(killed_run.resumed.stdout) == [2]
+    assert epochs_in(killed_run.baseline_output) == [1, 2]
     resumed, baseline = (json.loads((ml / "output" / "data" / "metrics.json").read_text())
                          for ml in (killed_run.ml_dir, killed_run.baseline_dir))
     assert resumed["test_acc"] == pytest.approx(baseline["test_acc"], abs=0.05)

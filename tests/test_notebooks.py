@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 import torch
 
@@ -26,6 +23,7 @@ import mnist_model
 import run_notebooks
 import tb_logs
 from local_aws import LocalAWS
+from support import aws_clients, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 EXECUTED = REPO / "build" / "test-notebooks"
@@ -78,8 +76,7 @@ def test_01_downloads_the_real_digits_and_stages_both_channels_in_s3(workbook, l
     results = run_of(workbook, "01_download_and_explore").results
     assert results["train_images"] == 4000 and results["test_images"] == 1000
     assert results["s3_uri"] == f"s3://{local_aws.bucket}/mnist"
-    s3 = boto3.client("s3", endpoint_url=local_aws.endpoint_url, region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    (s3,) = aws_clients(local_aws.endpoint_url, "s3")
     keys = sorted(item["Key"] for item in s3.list_objects_v2(Bucket=local_aws.bucket, Prefix="mnist/")["Contents"])
     assert keys == [
         "mnist/test/t10k-images-idx3-ubyte.gz",
@@ -152,11 +149,7 @@ def test_04_runs_a_training_job_whose_model_recognises_held_out_real_digits(
     import tarfile
 
     results = run_of(workbook, "04_train_on_sagemaker").results
-    credentials = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
-    session = boto3.session.Session(**credentials)
-    s3, logs, sagemaker = (
-        session.client(service, endpoint_url=local_aws.endpoint_url) for service in ("s3", "logs", "sagemaker")
-    )
+    s3, logs, sagemaker = aws_clients(local_aws.endpoint_url, "s3", "logs", "sagemaker")
     job_name = results["model_data"].split("/")[-3]  # s3://<bucket>/<base job name>/<job>/output/model.tar.gz
     job = sagemaker.describe_training_job(TrainingJobName=job_name)
     assert job["TrainingJobStatus"] == results["job_status"] == "Completed"
@@ -191,13 +184,6 @@ def test_04_runs_a_training_job_whose_model_recognises_held_out_real_digits(
         assert any(expected in key for key in keys), f"no {expected} under {uri}: {keys}"
 
 
-def free_port() -> int:
-    """A loopback port free at the moment of asking."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextlib.contextmanager
 def tensorboard_server(logdir: Path) -> Iterator[str]:
     """The real TensorBoard server on 127.0.0.1, serving `logdir`; yields its base URL and stops it."""
@@ -206,16 +192,17 @@ def tensorboard_server(logdir: Path) -> Iterator[str]:
                "--port", str(port), "--reload_interval", "0"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            urllib.request.urlopen(f"{url}/data/plugin/scalars/tags", timeout=2).close()
+            return True
+        except OSError:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/data/plugin/scalars/tags", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-2000:]
-                assert time.monotonic() < deadline, "TensorBoard did not start within 60 s"
-                time.sleep(0.5)
+        wait_for(answers, f"TensorBoard to answer at {url}", timeout_s=60)
         yield url
     finally:
         server.terminate()
