@@ -6,7 +6,7 @@ SageMaker SDK config file names the default bucket and execution role, because S
 STS for the account (to name the bucket) at a hard-coded `sts.<region>.amazonaws.com` address.
 
 The server runs in its own process (`serve`), which also patches moto's SageMaker backend so that
-training jobs really run on this machine (`local_training.py`).
+training jobs really run on this machine (the package `local_sagemaker/`).
 
     python tools/local_aws.py serve --state-dir build/aws    # prints the `export` lines a shell needs
 """
@@ -138,9 +138,9 @@ def serve(state_dir: Path) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     # Imported here: it patches moto, which only the server process should see.
-    import local_training
+    import local_sagemaker
 
-    training_jobs = local_training.install(state_dir)
+    sagemaker = local_sagemaker.install(state_dir)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     env_file = state_dir / ENV_FILE
@@ -152,7 +152,7 @@ def serve(state_dir: Path) -> None:
         stop.wait()
     finally:
         env_file.unlink(missing_ok=True)
-        training_jobs.shutdown()
+        sagemaker.shutdown()
         server.stop()
 
 
