@@ -49,6 +49,38 @@ def test_main_writes_results_summary_and_index_and_fails_when_a_notebook_fails(t
     assert '<tr class="failed"><td><a href="02_fails.html">' in index
 
 
+@pytest.fixture
+def broken_notebooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Notebooks whose run breaks in ways papermill does not report as a cell error, between two good ones."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    record = "import sys; sys.path.insert(0, {code!r}); import workbook".format(code=str(run_notebooks.REPO / "code"))
+    write_notebook(folder / "01_before.ipynb", "X = 1", record, "workbook.record(before=X)")
+    # Blocks until the runner's cell timeout interrupts it: no pause decides the outcome.
+    write_notebook(folder / "02_times_out.ipynb", "X = 1", "import threading; threading.Event().wait()")
+    write_notebook(folder / "03_kernel_dies.ipynb", "X = 1", "import os; os._exit(1)")
+    write_notebook(folder / "04_after.ipynb", "X = 1", record, "workbook.record(after=X)")
+    monkeypatch.setattr(run_notebooks, "NOTEBOOKS", folder)
+    return folder
+
+
+def test_a_cell_timeout_or_a_dead_kernel_is_recorded_and_the_run_goes_on(broken_notebooks: Path, tmp_path: Path) -> None:
+    output = tmp_path / "build"
+    status = run_notebooks.main(["--aws", "real", "--output", str(output), "--timeout", "5"])
+
+    assert status == 1
+    runs = json.loads((output / "summary.json").read_text())["notebooks"]
+    assert [(run["name"], run["status"]) for run in runs] == [
+        ("01_before", "ok"), ("02_times_out", "failed"), ("03_kernel_dies", "failed"), ("04_after", "ok")]
+    assert runs[0]["results"] == {"before": 1} and runs[3]["results"] == {"after": 1}
+    assert runs[1]["error"].startswith("CellTimeoutError: ") and "5 seconds" in runs[1]["error"]
+    assert runs[2]["error"].startswith("DeadKernelError: ")
+    index = (output / "html" / "index.html").read_text()
+    for run in runs:
+        assert f'<tr class="{run["status"]}"><td><a href="{run["name"]}.html">' in index
+        assert (output / "html" / f'{run["name"]}.html').is_file()  # every link of the index leads somewhere
+
+
 def test_selecting_notebooks_by_prefix(two_notebooks: Path) -> None:
     assert [path.name for path in run_notebooks.select_notebooks(["02"])] == ["02_fails.ipynb"]
     with pytest.raises(SystemExit, match="no notebook"):

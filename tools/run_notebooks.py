@@ -56,9 +56,14 @@ def recorded_results(notebook: nbformat.NotebookNode) -> dict[str, object]:
 def execute_notebook(
     path: Path, output_dir: Path, parameters: Mapping[str, object] | None = None, timeout_s: int = EXECUTION_TIMEOUT_S
 ) -> NotebookRun:
-    """Execute one notebook with papermill (cwd = its folder); save it and its HTML under output_dir."""
+    """Execute one notebook with papermill (cwd = its folder); save it and its HTML under output_dir.
+
+    Any failure (a cell's exception, a cell timeout, a kernel that died or never started) is returned as a
+    failed run, so that the caller records it and goes on with the next notebook.
+    """
     executed = output_dir / "notebooks" / path.name
     executed.parent.mkdir(parents=True, exist_ok=True)
+    executed.unlink(missing_ok=True)  # a copy from an earlier run must not pass for this run's
     start = time.perf_counter()
     error = None
     try:
@@ -73,8 +78,12 @@ def execute_notebook(
         )
     except papermill.PapermillExecutionError as failure:
         error = f"{failure.ename}: {failure.evalue}"
+    except Exception as failure:  # noqa: BLE001 - nbclient's CellTimeoutError, DeadKernelError, a missing kernel, ...
+        lines = str(failure).strip().splitlines()
+        error = f"{type(failure).__name__}: {lines[0] if lines else repr(failure)}"
     duration = round(time.perf_counter() - start, 1)
-    notebook = nbformat.read(executed, as_version=4)
+    # Papermill saves the notebook after each cell; a run that failed before its first save shows the source.
+    notebook = nbformat.read(executed if executed.is_file() else path, as_version=4)
     html, _ = HTMLExporter().from_notebook_node(notebook)
     html_path = output_dir / "html" / f"{path.stem}.html"
     html_path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,13 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=REPO / "build", help="output folder (default: build)")
     parser.add_argument("--aws", choices=("local", "real"), default="local", help="which AWS the notebooks use")
     parser.add_argument("-p", "--parameter", type=parse_parameter, action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--timeout", type=int, default=EXECUTION_TIMEOUT_S, metavar="SECONDS",
+                        help=f"longest a cell may run (default: {EXECUTION_TIMEOUT_S})")
     args = parser.parse_args(argv)
 
     runs = []
     with aws_environment(args.aws, args.output / "local-aws"):
         for path in select_notebooks(args.notebooks):
             print(f"{path.name}: running", flush=True)
-            run = execute_notebook(path, args.output, dict(args.parameter))
+            run = execute_notebook(path, args.output, dict(args.parameter), args.timeout)
             print(f"{path.name}: {run.status} in {run.duration_s} s" + (f" ({run.error})" if run.error else ""))
             runs.append(run)
     summary = {"aws": args.aws, "notebooks": [dataclasses.asdict(run) for run in runs]}
