@@ -20,16 +20,25 @@ def write_notebook(path: Path, *sources: str) -> None:
     nbformat.write(notebook, path)
 
 
+RECORD = "import sys; sys.path.insert(0, {code!r}); import workbook".format(code=str(run_notebooks.REPO / "code"))
+
+
+def notebooks_folder(folder: Path, monkeypatch: pytest.MonkeyPatch, notebooks: dict[str, tuple[str, ...]]) -> Path:
+    """Write each named notebook's cells into `folder` and make it the runner's notebooks folder."""
+    folder.mkdir()
+    for name, sources in notebooks.items():
+        write_notebook(folder / f"{name}.ipynb", *sources)
+    monkeypatch.setattr(run_notebooks, "NOTEBOOKS", folder)
+    return folder
+
+
 @pytest.fixture
 def two_notebooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A notebooks folder holding one notebook that records results and one that fails."""
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
-    record = "import sys; sys.path.insert(0, {code!r}); import workbook".format(code=str(run_notebooks.REPO / "code"))
-    write_notebook(folder / "01_records.ipynb", "SIZE = 3", record, "workbook.record(size=SIZE * 2, name='ok')")
-    write_notebook(folder / "02_fails.ipynb", "X = 1", "raise RuntimeError('the notebook broke')")
-    monkeypatch.setattr(run_notebooks, "NOTEBOOKS", folder)
-    return folder
+    return notebooks_folder(tmp_path / "notebooks", monkeypatch, {
+        "01_records": ("SIZE = 3", RECORD, "workbook.record(size=SIZE * 2, name='ok')"),
+        "02_fails": ("X = 1", "raise RuntimeError('the notebook broke')"),
+    })
 
 
 def test_main_writes_results_summary_and_index_and_fails_when_a_notebook_fails(two_notebooks: Path, tmp_path: Path) -> None:
@@ -52,16 +61,13 @@ def test_main_writes_results_summary_and_index_and_fails_when_a_notebook_fails(t
 @pytest.fixture
 def broken_notebooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Notebooks whose run breaks in ways papermill does not report as a cell error, between two good ones."""
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
-    record = "import sys; sys.path.insert(0, {code!r}); import workbook".format(code=str(run_notebooks.REPO / "code"))
-    write_notebook(folder / "01_before.ipynb", "X = 1", record, "workbook.record(before=X)")
-    # Blocks until the runner's cell timeout interrupts it: no pause decides the outcome.
-    write_notebook(folder / "02_times_out.ipynb", "X = 1", "import threading; threading.Event().wait()")
-    write_notebook(folder / "03_kernel_dies.ipynb", "X = 1", "import os; os._exit(1)")
-    write_notebook(folder / "04_after.ipynb", "X = 1", record, "workbook.record(after=X)")
-    monkeypatch.setattr(run_notebooks, "NOTEBOOKS", folder)
-    return folder
+    return notebooks_folder(tmp_path / "notebooks", monkeypatch, {
+        "01_before": ("X = 1", RECORD, "workbook.record(before=X)"),
+        # Blocks until the runner's cell timeout interrupts it: no pause decides the outcome.
+        "02_times_out": ("X = 1", "import threading; threading.Event().wait()"),
+        "03_kernel_dies": ("X = 1", "import os; os._exit(1)"),
+        "04_after": ("X = 1", RECORD, "workbook.record(after=X)"),
+    })
 
 
 def test_a_cell_timeout_or_a_dead_kernel_is_recorded_and_the_run_goes_on(broken_notebooks: Path, tmp_path: Path) -> None:
