@@ -67,6 +67,7 @@ from torchvision import datasets, transforms  # noqa: E402
 import mnist_mirror  # noqa: E402
 import train  # noqa: E402
 from local_aws import local_aws_endpoint  # noqa: E402
+from local_sagemaker.container import TrainingContainer, channel_config  # noqa: E402
 from mnist_data import PIXEL_MEAN, PIXEL_STD, SPLIT_FILES, MNISTDataModule, load_split, normalise, tensor_batches  # noqa: E402
 from mnist_model import MNISTClassifier, count_parameters  # noqa: E402
 from mnist_s3 import upload_mnist  # noqa: E402
@@ -603,18 +604,18 @@ def workbook_section(summary: Path) -> dict:
 
 def memory_section(recipe: dict[str, object], train_dir: Path, test_dir: Path, run_dir: Path) -> dict:
     """Section 6: run code/train.py as SageMaker does (SM_* variables of a CPU container) and read its peak memory."""
-    env = os.environ | {
-        "SM_CHANNEL_TRAIN": str(train_dir),
-        "SM_CHANNEL_TEST": str(test_dir),
-        "SM_MODEL_DIR": str(run_dir / "model"),
-        "SM_OUTPUT_DIR": str(run_dir / "output"),
-        "SM_OUTPUT_DATA_DIR": str(run_dir / "output" / "data"),
-        "CHECKPOINT_DIR": str(run_dir / "checkpoints"),
-        "SM_NUM_GPUS": "0",
-    }
+    # run_dir stands for /opt/ml: the local SageMaker's container contract, with the channels copied in.
+    ml = TrainingContainer(
+        root=run_dir, instance_type="ml.m5.xlarge", channels={split: channel_config() for split in SPLIT_FILES}
+    )
+    ml.create()
+    for split, source in (("train", train_dir), ("test", test_dir)):
+        ml.channel_dir(split).mkdir(parents=True)
+        for name in SPLIT_FILES[split]:
+            shutil.copyfile(source / name, ml.channel_dir(split) / name)
+    env = os.environ | ml.sm_environment(num_gpus=0, checkpoint_dir=run_dir / "checkpoints")
     arguments = [f"--{name}={value}" for name, value in recipe.items()]
     command = " ".join(["code/train.py", *arguments])
-    run_dir.mkdir(parents=True)
     log = run_dir / "train.log"
     start = time.perf_counter()
     with open(log, "w") as output:
