@@ -39,6 +39,7 @@ DEFAULT_HOSTS = ("algo-1",)
 INSTANCE_GROUP = "homogeneousCluster"  # the one group of a job that names no instance groups
 NETWORK_INTERFACE = "eth0"
 MASTER_PORT = 7777  # where SDK 3's distributed drivers meet on the first host
+LOG_LEVEL = 20  # SM_LOG_LEVEL: logging.INFO, the drivers' default
 SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
@@ -55,6 +56,19 @@ def channel_config(
         "RecordWrapperType": record_wrapper,
         **({"ContentType": content_type} if content_type is not None else {}),
     }
+
+
+def json_or_text(value: str) -> object:
+    """A hyperparameter as SDK 3's drivers read it: its JSON value when it is JSON, else the string itself."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def as_text(value: object) -> str:
+    """A value as the drivers export it: a string as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def gpu_count() -> int:
@@ -181,6 +195,8 @@ class TrainingContainer:
         """
         hosts = sorted(self.hosts)
         channels = list(self.channels)
+        # The drivers read each hyperparameter as JSON where it is JSON ("3" is 3, "adam" stays a string).
+        hyperparameters = {name: json_or_text(value) for name, value in self.hyperparameters.items()}
         environment = {
             "SM_MODEL_DIR": str(self.model_dir),
             "SM_INPUT_DIR": str(self.root / "input"),
@@ -191,8 +207,9 @@ class TrainingContainer:
             "SM_OUTPUT_DATA_DIR": str(self.output_data_dir),
             "SM_CHANNELS": json.dumps(channels),
             **{f"SM_CHANNEL_{name.upper()}": str(self.channel_dir(name)) for name in channels},
-            "SM_HPS": json.dumps(dict(self.hyperparameters)),
-            **{f"SM_HP_{name.replace('-', '_').upper()}": value for name, value in self.hyperparameters.items()},
+            "SM_LOG_LEVEL": str(LOG_LEVEL),
+            "SM_HPS": json.dumps(hyperparameters),
+            **{f"SM_HP_{name.replace('-', '_').upper()}": as_text(value) for name, value in hyperparameters.items()},
             "SM_CURRENT_HOST": self.current_host,
             "SM_CURRENT_INSTANCE_TYPE": self.instance_type,
             "SM_HOSTS": json.dumps(hosts),
@@ -203,6 +220,7 @@ class TrainingContainer:
             "SM_MASTER_PORT": str(MASTER_PORT),
             "SM_NUM_CPUS": str(num_cpus if num_cpus is not None else os.cpu_count()),
             "SM_NUM_GPUS": str(num_gpus),
+            "SM_NUM_NEURONS": "0",  # no AWS Trainium or Inferentia chips here
             "SM_RESOURCE_CONFIG": json.dumps(self.resource_config()),
             "SM_INPUT_DATA_CONFIG": json.dumps(self.input_data_config()),
         }

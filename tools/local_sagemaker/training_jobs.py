@@ -273,7 +273,7 @@ class TrainingJobRun(threading.Thread):
         )
 
     def mapped_folder(self, ml: container.TrainingContainer, config_field: str, default: str) -> Path | None:
-        """The folder under the job's /opt/ml for a config's LocalPath (checkpoints, TensorBoard), if it asks for one."""
+        """The folder under the job's /opt/ml for a config's LocalPath (checkpoints, TensorBoard), if it has one."""
         config = self.request.get(config_field)
         if not config:
             return None
