@@ -2,7 +2,9 @@
 
 Mirrors are tried in order, each a few times with exponential backoff. A file is streamed into a
 temporary `.part` file beside its final name, verified, and only then renamed into place, so a
-failed or interrupted download never leaves a partial or unverified file under the final name.
+failed or interrupted download never leaves a partial or unverified file under the final name. The
+`.part` file stays locked (flock) while its download lives: a later run removes those of killed downloads
+and leaves those of downloads still running into the same folder.
 
     mirrors, digests = sources_from_env(os.environ)   # MNIST_MIRRORS / MNIST_SHA256SUMS, or the defaults
     paths = download_mnist(Path("data/MNIST/raw"), mirrors, digests)
@@ -10,6 +12,8 @@ failed or interrupted download never leaves a partial or unverified file under t
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import hashlib
 import http.client
@@ -220,21 +224,51 @@ def _stream(url: str, out: BinaryIO, *, name: str, timeout_s: float, progress: b
         raise _MirrorFailure(f"body cut short: {received} of {expected} bytes", retry=True)
 
 
+def _locked_part_file(final: Path) -> BinaryIO:
+    """Create the temporary `.part` file of a download of `final`, locked for as long as it stays open.
+
+    The lock tells a concurrent download's clean-up that the file is live (see `_remove_stale_parts`);
+    the kernel drops it when the process ends, however it ends.
+    """
+    while True:
+        part = tempfile.NamedTemporaryFile(dir=final.parent, prefix=f".{final.name}.", suffix=".part", delete=False)
+        # A concurrent clean-up may take the new file for a stale one before it is locked (it then holds the
+        # lock, or has already removed the file): that file is given up and another one made.
+        with contextlib.suppress(BlockingIOError, FileNotFoundError):
+            fcntl.flock(part.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(part.name).st_ino == os.fstat(part.fileno()).st_ino:
+                return part
+        part.close()
+
+
+def _remove_stale_parts(final: Path) -> None:
+    """Remove the `.part` files of `final` left by killed downloads; leave those of live ones, which hold a lock."""
+    for stale in final.parent.glob(f".{final.name}.*.part"):
+        try:
+            with open(stale, "rb") as file:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                stale.unlink()
+        except BlockingIOError:
+            continue  # another download is writing it
+        except FileNotFoundError:
+            continue  # its download finished or removed it meanwhile
+
+
 def _fetch_verified(url: str, final: Path, expected: Digests, *, timeout_s: float, progress: bool) -> None:
     """Download `url` into a temporary file beside `final`, verify it, then rename it onto `final`."""
-    part = tempfile.NamedTemporaryFile(dir=final.parent, prefix=f".{final.name}.", suffix=".part", delete=False)
+    part = _locked_part_file(final)
     part_path = Path(part.name)
     try:
-        with part:
+        with part:  # open, and so locked, until it is renamed into place
             _stream(url, part, name=final.name, timeout_s=timeout_s, progress=progress)
             part.flush()
             # Sync before the rename: a crash just after it must not leave an empty file under the final name.
             os.fsync(part.fileno())
-        mismatch = _mismatch(part_path, expected)
-        if mismatch is not None:
-            raise _MirrorFailure(mismatch, retry=True)
-        os.chmod(part_path, 0o644)  # temporary files are private (0600); the data is not
-        os.replace(part_path, final)
+            mismatch = _mismatch(part_path, expected)
+            if mismatch is not None:
+                raise _MirrorFailure(mismatch, retry=True)
+            os.chmod(part_path, 0o644)  # temporary files are private (0600); the data is not
+            os.replace(part_path, final)
     finally:
         part_path.unlink(missing_ok=True)
 
@@ -289,8 +323,7 @@ def download_mnist(
     for name in files:
         final = dest / name
         paths.append(final)
-        for stale in dest.glob(f".{name}.*.part"):  # left by a download that was killed mid-file
-            stale.unlink()
+        _remove_stale_parts(final)
         if final.exists():
             if verify(final, digests[name]):
                 continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from mnist_download import (
     sources_from_env,
     verify,
 )
-from support import free_port
+from support import free_port, wait_for
 
 REAL_T10K = Path(__file__).resolve().parents[2] / "shared/data/mnist-t10k"
 LABELS = "t10k-labels-idx1-ubyte.gz"
@@ -158,6 +159,61 @@ def test_good_mirror_downloads_every_file_and_a_second_call_makes_no_request(
         assert [path.stat().st_mtime_ns for path in paths] == stamps
     assert sorted(path.name for path in (tmp_path / "raw").iterdir()) == sorted(MNIST_FILES)
     assert capfd.readouterr().err == ""
+
+
+def test_two_downloads_into_one_folder_both_succeed(
+    tmp_path: Path, mirror_dir: Path, digests: dict[str, Digests]
+) -> None:
+    dest = tmp_path / "raw"
+    half_sent, release = threading.Event(), threading.Event()
+
+    class FirstPausesMidBody(mnist_mirror.QuietHandler):
+        """The first request gets half the file, then waits for the test; later requests get it whole."""
+
+        served: list[str] = []
+
+        def do_GET(self) -> None:
+            self.served.append(self.path)
+            if len(self.served) > 1:
+                super().do_GET()
+                return
+            data = Path(self.translate_path(self.path)).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            half_sent.set()
+            release.wait(timeout=60)
+            self.wfile.write(data[len(data) // 2:])
+
+    outcome: dict[str, object] = {}
+
+    def first_download() -> None:
+        try:
+            outcome["paths"] = download_mnist(dest, [url], digests, files=[LABELS], attempts=1, progress=False)
+        except Exception as error:  # noqa: BLE001 - handed to the test's thread, which asserts on it
+            outcome["error"] = error
+
+    with mnist_mirror.serve(mirror_dir, FirstPausesMidBody) as url:
+        first = threading.Thread(target=first_download)
+        first.start()
+        try:
+            wait_for(lambda: half_sent.is_set() and leftovers(dest), "the first download to be paused mid-body")
+            [live_part] = leftovers(dest)
+            # The second download starts and ends while the first one is paused, writing its .part file.
+            second = download_mnist(dest, [url], digests, files=[LABELS], attempts=1, progress=False)
+            live_part_kept = (dest / live_part).exists()
+        finally:
+            release.set()
+            first.join(timeout=60)
+
+    assert "error" not in outcome, f"the first download failed: {outcome.get('error')!r}"
+    assert outcome["paths"] == second == [dest / LABELS]
+    assert live_part_kept
+    assert FirstPausesMidBody.served == [f"/{LABELS}"] * 2
+    assert (dest / LABELS).read_bytes() == (mirror_dir / LABELS).read_bytes()
+    assert leftovers(dest) == []
 
 
 def test_progress_bar_names_the_file(
