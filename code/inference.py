@@ -13,11 +13,16 @@ Requests, one content type per request:
 
 Pixel scale: a JSON or .npy request whose values all lie between 0 and 1 is read as scaled to [0, 1];
 otherwise every value must lie between 0 and 255, as MNIST's bytes do. (An almost black image of only
-0s and 1s would be misread as scaled; an all-black one reads the same either way.)
+0s and 1s would be misread as scaled; an all-black one reads the same either way.) Pixels are numbers:
+JSON's true and false are refused, not read as 1 and 0. An `.npy` body's header is read first: its
+dtype, shape and size are checked before any array memory is allocated.
 
-A picture is made to look like an MNIST digit: grey, inverted when the ink is darker than the
-background (MNIST digits are light on black), cropped to the ink, scaled to fit 20 x 20 pixels and
-centred by its centre of mass in 28 x 28, as the MNIST digits themselves were prepared.
+A picture is made to look like an MNIST digit: turned upright as its EXIF orientation says (phone
+cameras store pixels sideways and tag how to turn them), grey (16-bit greyscale scaled down, not
+clipped), inverted when the ink is darker than the background (MNIST digits are light on black),
+cropped to the ink, scaled to fit 20 x 20 pixels and centred by its centre of mass in 28 x 28, as the
+MNIST digits themselves were prepared. A truncated or damaged PNG fails its checksums and is refused;
+JPEG has no checksums, so damage that still decodes cannot be told from the picture itself.
 
 The response is JSON, one entry per image:
 
@@ -31,13 +36,16 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import pickle
+import struct
+import tokenize
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from mnist_data import IMAGE_SIZE, normalise
 from mnist_model import MODEL_FILE, MNISTClassifier, load_model
@@ -60,6 +68,13 @@ MAX_BATCH = 1000
 # can declare huge dimensions and take gigabytes to decode (a "decompression bomb").
 MAX_IMAGE_PIXELS = 4096 * 4096
 DIGIT_BOX = 20  # MNIST digits fit a 20 x 20 box centred in 28 x 28
+# numpy.savez writes a zip archive of .npy files; sent as .npy, it must be named, not half-read.
+ZIP_SIGNATURE = b"PK\x03\x04"
+# PIL's modes for greyscale with more than 8 bits: PNG's 16-bit greyscale opens as I;16 (or I).
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# What PIL raises for a truncated or damaged file, besides OSError: the errors its own Image.open
+# treats as "not this format", and those of its parsers (chunk lengths, EXIF, palettes).
+DAMAGED_PICTURE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error)
 
 
 try:
@@ -129,23 +144,58 @@ def output_fn(probabilities: torch.Tensor, accept: str | None) -> bytes:
 def _parse_json(data: bytes) -> np.ndarray:
     """Parse a JSON body into a numeric array; anything but a rectangular list of numbers is refused."""
     try:
-        parsed = json.loads(data)
+        # Every number as a float: Python's int() refuses literals of over 4,300 digits, and integers
+        # beyond 64 bits would make an array of objects. A float too large becomes infinity.
+        parsed = json.loads(data, parse_int=float)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise InvalidInput(f"request body is not valid JSON ({error})") from error
     if not isinstance(parsed, list):
         raise InvalidInput(f"JSON body must be a list of images, not a {type(parsed).__name__}")
     try:
-        return np.array(parsed)
+        array = np.array(parsed)
     except (ValueError, OverflowError) as error:  # ragged lists: images of different sizes
         raise InvalidInput(f"JSON images must all have the same shape ({error})") from error
+    # numpy reads true and false among numbers as 1 and 0. A numeric array holds no strings, so the
+    # words can only be JSON's booleans here.
+    if array.dtype.kind in "iuf" and (b"true" in data or b"false" in data):
+        raise InvalidInput("pixel values must be numbers; the request holds true or false among them")
+    return array
 
 
 def _parse_npy(data: bytes) -> np.ndarray:
-    """Read a `.npy` body; object arrays are refused, because loading them would unpickle code."""
+    """Read a `.npy` body, header first: its dtype, batch and byte count are checked before any allocation.
+
+    numpy.load would allocate the array the header declares before reading a byte of it, and loading
+    an array of objects would unpickle code: neither happens here. The array is a view of the body.
+    """
+    if data.startswith(ZIP_SIGNATURE):
+        raise InvalidInput("request body is an .npz archive (numpy.savez); send one array saved with numpy.save")
+    stream = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, EOFError, OSError) as error:
+        version = np.lib.format.read_magic(stream)
+        if version not in ((1, 0), (2, 0)):  # 3.0 exists only for structured dtypes with non-Latin-1 names
+            raise ValueError(f"format version {version[0]}.{version[1]} is not 1.0 or 2.0")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(stream)
+    except (ValueError, EOFError, SyntaxError, tokenize.TokenError) as error:  # the header is a Python literal
         raise InvalidInput(f"request body is not a readable .npy array without objects ({error})") from error
+    if dtype.hasobject:
+        raise InvalidInput("request body is not a readable .npy array without objects: loading it would unpickle code")
+    if dtype.kind not in "iuf":
+        raise InvalidInput(f"pixel values must be numbers, not {dtype} values")
+    if shape and shape[0] > MAX_BATCH:
+        raise InvalidInput(f"the batch holds {shape[0]:,} images; the limit is {MAX_BATCH:,} per request", 413)
+    if len(shape) > 1 and shape[1:] not in ((IMAGE_SIZE * IMAGE_SIZE,), (IMAGE_SIZE, IMAGE_SIZE)):
+        raise InvalidInput(f"images must be 28 x 28 or rows of 784 values; the .npy header declares shape {shape}")
+    declared, held = math.prod(shape) * dtype.itemsize, len(data) - stream.tell()
+    if held < declared:
+        message = f"its header declares {declared:,} bytes of {dtype} {shape}, but the body holds {held:,} after it"
+        raise InvalidInput(f"request body is not a readable .npy array: {message} (truncated)")
+    if held > declared:
+        message = f"the .npy body holds {held - declared:,} bytes more than its header declares ({dtype} {shape})"
+        raise InvalidInput(f"{message}: send one array saved with numpy.save")
+    array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=stream.tell())
+    return array.reshape(shape, order="F" if fortran_order else "C")
 
 
 def _as_images(array: np.ndarray) -> torch.Tensor:
@@ -163,7 +213,8 @@ def _as_images(array: np.ndarray) -> torch.Tensor:
         raise InvalidInput(f"images must be 28 x 28 or rows of 784 values; got a batch of shape {array.shape}{hint}")
     images = torch.from_numpy(array.astype(np.float32))
     if not torch.isfinite(images).all():
-        raise InvalidInput("pixel values must be finite numbers; the request holds NaN or infinity")
+        message = "the request holds NaN or infinity (or a number too large for a float)"
+        raise InvalidInput(f"pixel values must be finite numbers; {message}")
     low, high = images.min().item(), images.max().item()
     if low < 0 or high > 255:
         raise InvalidInput(f"pixel values must lie in [0, 1] or [0, 255]; they span [{low:g}, {high:g}]")
@@ -173,11 +224,28 @@ def _as_images(array: np.ndarray) -> torch.Tensor:
 def _picture_to_digit(data: bytes, formats: tuple[str, ...]) -> torch.Tensor:
     """Turn a PNG or JPEG of a digit into an MNIST-like image (28, 28) on the 0-255 scale."""
     expected_format = formats[0]
+    picture = _open_picture(data, formats)
+    try:
+        picture.verify()  # PNG: every chunk's checksum, image data included, without decoding it
+        picture = Image.open(io.BytesIO(data))  # verify() leaves the picture unusable: open it again
+        # Phone cameras store the pixels as the sensor read them and tag how to turn them upright.
+        grey = _grey_levels(ImageOps.exif_transpose(picture))
+    except DAMAGED_PICTURE_ERRORS as error:
+        raise InvalidInput(f"the {expected_format} image cannot be decoded ({error})") from error
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if border.mean() > 127:  # a light background: dark ink on paper
+        grey = 255 - grey
+    return _centre_like_mnist(grey)
+
+
+def _open_picture(data: bytes, formats: tuple[str, ...]) -> Image.Image:
+    """Read a picture's header; refuse other formats and pictures declaring more than MAX_IMAGE_PIXELS."""
+    expected_format = formats[0]
     try:
         picture = Image.open(io.BytesIO(data))  # reads the header only
     except Image.DecompressionBombError as error:  # PIL's own, higher limit
         raise InvalidInput(f"the image declares too many pixels: {error}", status_code=413) from error
-    except UnidentifiedImageError as error:
+    except DAMAGED_PICTURE_ERRORS as error:  # UnidentifiedImageError, or a header cut short
         raise InvalidInput(f"request body is not a readable {expected_format} image ({error})") from error
     if picture.format not in formats:
         raise InvalidInput(f"the content type says {expected_format}, but the body is a {picture.format} image")
@@ -185,17 +253,23 @@ def _picture_to_digit(data: bytes, formats: tuple[str, ...]) -> torch.Tensor:
     if width * height > MAX_IMAGE_PIXELS:
         message = f"the image declares {width} x {height} pixels; the limit is {MAX_IMAGE_PIXELS:,} pixels"
         raise InvalidInput(message, status_code=413)
-    try:
-        if "A" in picture.getbands() or "transparency" in picture.info:
-            # Drawing apps save strokes on a transparent background: lay them on white paper.
-            picture = Image.alpha_composite(Image.new("RGBA", picture.size, "white"), picture.convert("RGBA"))
-        grey = np.asarray(picture.convert("L"), dtype=np.float32)
-    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt image data
-        raise InvalidInput(f"the {expected_format} image cannot be decoded ({error})") from error
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    if border.mean() > 127:  # a light background: dark ink on paper
-        grey = 255 - grey
-    return _centre_like_mnist(grey)
+    return picture
+
+
+def _grey_levels(picture: Image.Image) -> np.ndarray:
+    """The picture's grey levels on a 0-255 scale, transparent parts laid on white paper."""
+    if picture.mode in SIXTEEN_BIT_MODES:
+        # PIL's convert("L") clips 16-bit levels at 255, turning nearly every pixel white: scale instead.
+        levels = np.asarray(picture, dtype=np.float32)
+        grey = levels * (255 / 65535)
+        transparent = picture.info.get("transparency")
+        if isinstance(transparent, int):  # one 16-bit level marked transparent (PNG's tRNS chunk)
+            grey[levels == transparent] = 255
+        return grey
+    if "A" in picture.getbands() or "transparency" in picture.info:
+        # Drawing apps save strokes on a transparent background: lay them on white paper.
+        picture = Image.alpha_composite(Image.new("RGBA", picture.size, "white"), picture.convert("RGBA"))
+    return np.asarray(picture.convert("L"), dtype=np.float32)
 
 
 def _centre_like_mnist(ink: np.ndarray) -> torch.Tensor:

@@ -44,7 +44,8 @@ def deploy(client: Any, role_arn: str, name: str, models: int = 1) -> Endpoint:
             PrimaryContainer={"Image": "pytorch-inference:2.6-cpu-py312", "ModelDataUrl": "s3://bucket/model.tar.gz"},
         )
     variants = [
-        {"VariantName": f"variant-{index}", "ModelName": model_name, "InitialInstanceCount": 1, "InstanceType": "ml.m5.large"}
+        {"VariantName": f"variant-{index}", "ModelName": model_name, "InitialInstanceCount": 1,
+         "InstanceType": "ml.m5.large"}
         for index, model_name in enumerate(model_names)
     ]
     client.create_endpoint_config(EndpointConfigName=f"{name}-config", ProductionVariants=variants)
@@ -197,7 +198,8 @@ def test_a_resource_still_listed_after_its_deletion_is_a_failure(stubbed, name) 
     client, stubber = stubbed
     queue_descriptions(stubber, name)
     stubber.add_response("delete_endpoint", {}, {"EndpointName": name})
-    stubber.add_client_error("describe_endpoint", "ValidationException", f"Could not find endpoint \"{name}\".")  # waiter
+    # The waiter's DescribeEndpoint: gone.
+    stubber.add_client_error("describe_endpoint", "ValidationException", f"Could not find endpoint \"{name}\".")
     stubber.add_response("delete_endpoint_config", {}, {"EndpointConfigName": f"{name}-config"})
     stubber.add_response("delete_model", {}, {"ModelName": f"{name}-model"})
     still_there = {"EndpointName": name, "EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{name}",

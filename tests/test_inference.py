@@ -17,6 +17,7 @@ import struct
 import sys
 import tarfile
 import time
+import tracemalloc
 import types
 import zlib
 from collections.abc import Iterator
@@ -220,6 +221,220 @@ def test_in_the_serving_container_invalid_input_is_a_toolkit_error_with_its_stat
     assert isinstance(error.value, ValueError)
     assert (error.value.status_code, error.value.message) == (400, str(error.value))
     assert "batch is empty" in error.value.phrase
+
+
+# --- Inputs a review broke: each gets the right digits or a clear 4xx, never a bare exception ---------
+
+
+def npy_header(shape: tuple[int, ...], descr: str = "<f8", version: tuple[int, int] = (1, 0)) -> bytes:
+    """The header numpy.save writes for an array of `shape` and dtype `descr`, without the array's bytes."""
+    buffer = io.BytesIO()
+    header = {"descr": descr, "fortran_order": False, "shape": shape}
+    write = np.lib.format.write_array_header_1_0 if version == (1, 0) else np.lib.format.write_array_header_2_0
+    write(buffer, header)
+    return buffer.getvalue()
+
+
+def npz_bytes(compressed: bool) -> bytes:
+    buffer = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buffer, images=np.zeros((1, 784), dtype=np.uint8))
+    return buffer.getvalue()
+
+
+ONE_ROW = [0] * 783
+REVIEWED_BAD_REQUESTS = {
+    # JSON numbers too large to convert
+    "integer of 5,000 digits": (b"[[" + b"9" * 5000 + b", 0" * 783 + b"]]", "application/json", 400, "too large"),
+    "integer above int64": (json.dumps([[2**64, *ONE_ROW]]).encode(), "application/json", 400, "must lie in"),
+    "integer below int64": (json.dumps([[-(2**63) - 1, *ONE_ROW]]).encode(), "application/json", 400, "must lie in"),
+    "integer too large for a float": (
+        json.dumps([[1.5, 10**400, *ONE_ROW[1:]]]).encode(), "application/json", 400, "too large"
+    ),
+    "float above float32": (json.dumps([[1e300, *ONE_ROW]]).encode(), "application/json", 400, "too large"),
+    # booleans mixed into numeric pixels
+    "true among integers": (json.dumps([[True, *ONE_ROW]]).encode(), "application/json", 400, "true or false"),
+    "false among floats": (json.dumps([[0.5] * 783 + [False]]).encode(), "application/json", 400, "true or false"),
+    "true in a 28 x 28 image": (json.dumps([[[0] * 27 + [True]] + [[0] * 28] * 27]).encode(), "application/json", 400,
+                                "true or false"),
+    # an .npz archive sent as .npy
+    "npz archive": (npz_bytes(compressed=False), "application/x-npy", 400, r"\.npz archive"),
+    "compressed npz archive": (npz_bytes(compressed=True), "application/x-npy", 400, r"\.npz archive"),
+    # .npy headers that declare what the body does not hold
+    "npy declaring 10**12 images": (npy_header((10**12, 784)), "application/x-npy", 413, "limit is 1,000"),
+    "npy declaring 10**12 pixels per image": (
+        npy_header((1, 10**12)), "application/x-npy", 400, "28 x 28 or rows of 784"
+    ),
+    "npy declaring 1,000 images, holding none": (npy_header((1000, 784)), "application/x-npy", 400, "holds 0 after"),
+    "npy declaring two images, holding one": (
+        npy_header((2, 784), "|u1") + bytes(784), "application/x-npy", 400, "declares 1,568 bytes.*holds 784"
+    ),
+    "two arrays saved one after the other": (
+        npy_bytes(np.zeros((1, 784), np.uint8)) * 2, "application/x-npy", 400, "holds 912 bytes more"
+    ),
+    "npy of booleans": (npy_bytes(np.ones((1, 784), dtype=bool)), "application/x-npy", 400, "must be numbers"),
+    "npy of a structured dtype": (npy_header((1, 784), [("x", "<f4")]) + bytes(4 * 784), "application/x-npy", 400,
+                                  "must be numbers"),
+    "npy of one number": (npy_bytes(np.float64(3)), "application/x-npy", 400, "batch is empty"),
+    "npy with a damaged header": (b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f8',  ", "application/x-npy", 400,
+                                  "not a readable .npy"),
+    "npy of an unknown format version": (b"\x93NUMPY\x09\x00" + bytes(20), "application/x-npy", 400,
+                                         "not a readable .npy"),
+}
+
+
+@pytest.mark.parametrize(
+    "body, content_type, status, message", REVIEWED_BAD_REQUESTS.values(), ids=REVIEWED_BAD_REQUESTS.keys()
+)
+def test_inputs_the_review_broke_raise_a_clear_client_error(
+    body: bytes, content_type: str, status: int, message: str
+) -> None:
+    with pytest.raises(inference.InvalidInput, match=message) as error:
+        inference.input_fn(body, content_type)
+    assert error.value.status_code == status
+
+
+def test_booleans_are_refused_but_the_words_true_and_false_elsewhere_are_not_mistaken_for_them() -> None:
+    """A body whose array is numeric cannot hold strings, so `true` or `false` in it can only be a boolean."""
+    spaced = b"[ [" + b" 0 ," * 783 + b" 255 ] ]"
+    assert inference.input_fn(spaced, "application/json").shape == (1, 28, 28)
+    with pytest.raises(inference.InvalidInput, match="must be numbers"):
+        inference.input_fn(json.dumps([["true"] * 784]).encode(), "application/json")
+
+
+@pytest.mark.parametrize("shape", [(1000, 784), (1000, 28, 28), (10**12, 784)], ids=str)
+def test_an_npy_header_is_checked_before_memory_is_allocated(shape: tuple[int, ...]) -> None:
+    """numpy.load would allocate the declared array (6 MB to petabytes here) before finding the body short."""
+    body = npy_header(shape)
+    tracemalloc.start()
+    try:
+        with pytest.raises(inference.InvalidInput):
+            inference.input_fn(body, "application/x-npy")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000, f"{peak:,} bytes allocated for a {len(body)}-byte body"
+
+
+def test_npy_arrays_in_every_byte_order_and_layout_decode_to_the_same_images(test_digits) -> None:
+    images = test_digits[0][:4].numpy()
+    expected = torch.from_numpy(images.astype(np.float32))
+    arrays = {
+        "version 2.0 header": npy_header((4, 28, 28), "|u1", version=(2, 0)) + images.tobytes(),
+        "big-endian int32": npy_bytes(images.astype(">i4")),
+        "Fortran order": npy_bytes(np.asfortranarray(images)),
+        "float16 scaled": npy_bytes((images / 255).astype(np.float16)),
+    }
+    for name, body in arrays.items():
+        torch.testing.assert_close(inference.input_fn(body, "application/x-npy"), expected, atol=0.2, rtol=0, msg=name)
+
+
+def damaged(data: bytes, generator: np.random.Generator, after: int) -> bytes:
+    """`data` with five bytes after the first `after` replaced by random ones."""
+    copy = bytearray(data)
+    for position in generator.integers(after, len(copy), size=5):
+        copy[position] = int(generator.integers(256))
+    return bytes(copy)
+
+
+def test_truncated_or_damaged_pictures_are_refused_or_decoded_never_a_bare_exception(test_digits) -> None:
+    """Every cut and 200 seeded random damages of a PNG and a JPEG: an image or InvalidInput, nothing else."""
+    digit = np.asarray(Image.fromarray(255 - test_digits[0][0].numpy()).resize((120, 120)))
+    generator = np.random.default_rng(20261201)
+    outcomes = collections.Counter()
+    for fmt, content_type in (("PNG", "image/png"), ("JPEG", "image/jpeg")):
+        data = picture_bytes(digit, fmt)
+        bodies = [data[:cut] for cut in range(9, len(data) - 1, 7)]
+        bodies += [damaged(data, generator, after=8) for _ in range(200)]
+        for body in bodies:
+            try:
+                image = inference.input_fn(body, content_type)
+            except inference.InvalidInput as error:
+                assert error.status_code == 400, str(error)
+                outcomes[fmt, "refused"] += 1
+            else:
+                assert image.shape == (1, 28, 28) and 0 <= image.min() and image.max() <= 255
+                outcomes[fmt, "decoded"] += 1
+    # PNG's checksums catch every damage and cut; JPEG has none, so a damaged JPEG may still decode.
+    assert outcomes["PNG", "decoded"] == 0
+    assert outcomes["JPEG", "refused"] > 0
+
+
+DAMAGED_PICTURES = {
+    "PNG cut inside its signature chunk": lambda png, jpeg: png[:20],
+    "PNG with one byte of its pixel data changed": lambda png, jpeg: png[:60] + bytes([png[60] ^ 0xFF]) + png[61:],
+    "PNG without its end chunk": lambda png, jpeg: png[:-12],
+    "JPEG cut after its header": lambda png, jpeg: jpeg[:200],
+    "JPEG cut in its first bytes": lambda png, jpeg: jpeg[:40],
+}
+
+
+@pytest.mark.parametrize("cut", DAMAGED_PICTURES.values(), ids=DAMAGED_PICTURES.keys())
+def test_a_damaged_picture_is_a_client_error(cut, test_digits) -> None:
+    digit = np.asarray(Image.fromarray(255 - test_digits[0][0].numpy()).resize((120, 120)))
+    png, jpeg = picture_bytes(digit, "PNG"), picture_bytes(digit, "JPEG")
+    body = cut(png, jpeg)
+    with pytest.raises(inference.InvalidInput, match="not a readable|cannot be decoded") as error:
+        inference.input_fn(body, "image/png" if body.startswith(b"\x89PNG") else "image/jpeg")
+    assert error.value.status_code == 400
+
+
+def sixteen_bit_png(levels: np.ndarray) -> bytes:
+    """A 16-bit greyscale PNG of uint16 `levels`."""
+    buffer = io.BytesIO()
+    Image.fromarray(levels.astype(np.uint16)).save(buffer, "PNG")
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode == "I;16"
+    return buffer.getvalue()
+
+
+def test_16_bit_greyscale_pngs_are_scaled_not_clipped(model, test_digits) -> None:
+    images, labels = test_digits[0][:100].numpy(), test_digits[1][:100]
+    variants = {
+        "16-bit, light on dark": lambda image: sixteen_bit_png(image.astype(np.uint32) * 257),
+        "16-bit, dark on light": lambda image: sixteen_bit_png((255 - image.astype(np.uint32)) * 257),
+        "12 bits used of 16": lambda image: sixteen_bit_png(image.astype(np.uint32) * 16),
+    }
+    eight_bit = torch.cat([inference.input_fn(picture_bytes(image, "PNG"), "image/png") for image in images])
+    for name, encode in variants.items():
+        decoded = torch.cat([inference.input_fn(encode(image), "image/png") for image in images])
+        torch.testing.assert_close(decoded, eight_bit, atol=3, rtol=0, msg=name)
+        assert accuracy(inference.predict_fn(decoded, model), labels) >= 0.9, name
+
+
+# How a camera stores a picture for each EXIF orientation (1 upright, 2-8): the transposition that undoes
+# what the viewer applies, so that the picture is upright once the viewer (or input_fn) applies it.
+STORED_AS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+EXIF_ORIENTATION = 0x0112
+
+
+def photo_bytes(upright: np.ndarray, orientation: int, fmt: str) -> bytes:
+    """The picture as a phone stores it: pixels turned for `orientation`, with the EXIF tag that turns them back."""
+    picture = Image.fromarray(upright).transpose(STORED_AS[orientation])
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    buffer = io.BytesIO()
+    picture.save(buffer, fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("orientation", sorted(STORED_AS))
+def test_a_photo_is_turned_upright_by_its_exif_orientation(model, test_digits, orientation: int, fmt: str) -> None:
+    images, labels = test_digits[0][:50].numpy(), test_digits[1][:50]
+    content_type = f"image/{fmt.lower()}"
+    big = [np.asarray(Image.fromarray(255 - image).resize((84, 84))) for image in images]  # dark ink, as photographed
+    turned = torch.cat([inference.input_fn(photo_bytes(image, orientation, fmt), content_type) for image in big])
+    assert accuracy(inference.predict_fn(turned, model), labels) >= 0.9
+    if fmt == "PNG":  # lossless: exactly the upright picture's digits
+        upright = torch.cat([inference.input_fn(picture_bytes(image, "PNG"), content_type) for image in big])
+        torch.testing.assert_close(turned, upright, atol=0, rtol=0)
 
 
 # --- Model loading ---------------------------------------------------------------------------------
