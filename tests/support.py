@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
+
+import mnist_mirror
 
 T = TypeVar("T")
 
@@ -48,3 +52,36 @@ def aws_clients(endpoint_url: str, *services: str) -> tuple[Any, ...]:
 def epochs_in(log: str) -> list[int]:
     """The epoch numbers of the `epoch=N;` lines train.py printed into `log`, in order."""
     return [int(number) for number in EPOCH_LINE.findall(log)]
+
+
+def pausing_handler(*, finish: bool) -> type[mnist_mirror.QuietHandler]:
+    """A fresh mirror handler class whose first request gets half its file and then waits for `release`.
+
+    Once released it sends the rest (`finish=True`) or hangs up. Later requests get the whole file. The
+    class records the paths it was asked for in `served` and sets `half_sent` when the first half is out.
+    """
+
+    class PausesMidBody(mnist_mirror.QuietHandler):
+        served: list[str] = []
+        half_sent = threading.Event()
+        release = threading.Event()
+
+        def do_GET(self) -> None:
+            self.served.append(self.path)
+            if len(self.served) > 1:
+                super().do_GET()
+                return
+            data = Path(self.translate_path(self.path)).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.half_sent.set()
+            self.release.wait(timeout=300)
+            if finish:
+                self.wfile.write(data[len(data) // 2:])
+            else:
+                self.close_connection = True
+
+    return PausesMidBody

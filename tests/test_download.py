@@ -23,7 +23,7 @@ from mnist_download import (
     sources_from_env,
     verify,
 )
-from support import free_port, wait_for
+from support import free_port, pausing_handler, wait_for
 
 REAL_T10K = Path(__file__).resolve().parents[2] / "shared/data/mnist-t10k"
 LABELS = "t10k-labels-idx1-ubyte.gz"
@@ -165,28 +165,7 @@ def test_two_downloads_into_one_folder_both_succeed(
     tmp_path: Path, mirror_dir: Path, digests: dict[str, Digests]
 ) -> None:
     dest = tmp_path / "raw"
-    half_sent, release = threading.Event(), threading.Event()
-
-    class FirstPausesMidBody(mnist_mirror.QuietHandler):
-        """The first request gets half the file, then waits for the test; later requests get it whole."""
-
-        served: list[str] = []
-
-        def do_GET(self) -> None:
-            self.served.append(self.path)
-            if len(self.served) > 1:
-                super().do_GET()
-                return
-            data = Path(self.translate_path(self.path)).read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data[: len(data) // 2])
-            self.wfile.flush()
-            half_sent.set()
-            release.wait(timeout=60)
-            self.wfile.write(data[len(data) // 2:])
-
+    handler = pausing_handler(finish=True)
     outcome: dict[str, object] = {}
 
     def first_download() -> None:
@@ -195,23 +174,23 @@ def test_two_downloads_into_one_folder_both_succeed(
         except Exception as error:  # noqa: BLE001 - handed to the test's thread, which asserts on it
             outcome["error"] = error
 
-    with mnist_mirror.serve(mirror_dir, FirstPausesMidBody) as url:
+    with mnist_mirror.serve(mirror_dir, handler) as url:
         first = threading.Thread(target=first_download)
         first.start()
         try:
-            wait_for(lambda: half_sent.is_set() and leftovers(dest), "the first download to be paused mid-body")
+            wait_for(lambda: handler.half_sent.is_set() and leftovers(dest), "the first download to be paused mid-body")
             [live_part] = leftovers(dest)
             # The second download starts and ends while the first one is paused, writing its .part file.
             second = download_mnist(dest, [url], digests, files=[LABELS], attempts=1, progress=False)
             live_part_kept = (dest / live_part).exists()
         finally:
-            release.set()
+            handler.release.set()
             first.join(timeout=60)
 
     assert "error" not in outcome, f"the first download failed: {outcome.get('error')!r}"
     assert outcome["paths"] == second == [dest / LABELS]
     assert live_part_kept
-    assert FirstPausesMidBody.served == [f"/{LABELS}"] * 2
+    assert handler.served == [f"/{LABELS}"] * 2
     assert (dest / LABELS).read_bytes() == (mirror_dir / LABELS).read_bytes()
     assert leftovers(dest) == []
 

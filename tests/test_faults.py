@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import tarfile
-import threading
 import urllib.request
 import uuid
 import warnings
@@ -41,7 +40,7 @@ from local_aws import LocalAWS
 from container_layout import container_layout
 from mnist_download import MNIST_FILES, Digests, DownloadError, download_mnist, read_sha256sums, verify
 from mnist_model import load_model
-from support import epochs_in, wait_for
+from support import epochs_in, pausing_handler, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "code" / "train.py"
@@ -62,27 +61,6 @@ def part_files(dest: Path) -> dict[str, int]:
     return {path.name: path.stat().st_size for path in dest.iterdir() if path.name.endswith(".part")}
 
 
-def half_then_hang_handler() -> type[mnist_mirror.QuietHandler]:
-    """A fresh handler class that announces the whole file, sends half of it, then waits until released."""
-
-    class HalfThenHang(mnist_mirror.QuietHandler):
-        half_sent = threading.Event()
-        release = threading.Event()
-
-        def do_GET(self) -> None:
-            data = Path(self.translate_path(self.path)).read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data[: len(data) // 2])
-            self.wfile.flush()
-            self.half_sent.set()
-            self.release.wait(timeout=TIMEOUT_S)
-            self.close_connection = True
-
-    return HalfThenHang
-
-
 DOWNLOAD_IN_A_PROCESS = """
 import sys
 from pathlib import Path
@@ -100,7 +78,7 @@ def test_download_killed_mid_file_leaves_nothing_under_the_final_name_and_a_reru
     dest.mkdir()
     first = MNIST_FILES[0]
     half = (mirror_dir / first).stat().st_size // 2
-    handler = half_then_hang_handler()
+    handler = pausing_handler(finish=False)
     with mnist_mirror.serve(mirror_dir, handler) as slow_url:
         process = subprocess.Popen(
             [sys.executable, "-c", DOWNLOAD_IN_A_PROCESS, str(REPO / "code"), str(dest), slow_url,
