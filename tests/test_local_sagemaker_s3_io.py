@@ -38,7 +38,8 @@ def put(s3: BaseClient, *keys: str) -> None:
 
 def files_below(folder: Path) -> dict[str, str]:
     """Each file below folder (relative path) with its text."""
-    return {path.relative_to(folder).as_posix(): path.read_text() for path in sorted(folder.rglob("*")) if path.is_file()}
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    return {path.relative_to(folder).as_posix(): path.read_text() for path in files}
 
 
 # --- the guard ---------------------------------------------------------------------------------------------------
@@ -126,7 +127,7 @@ def synced(s3: BaseClient, prefix: str) -> dict[str, bytes]:
     return {key: s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() for key in keys}
 
 
-def test_folder_sync_uploads_a_file_only_once_it_is_unchanged_between_two_pushes(s3: BaseClient, tmp_path: Path) -> None:
+def test_folder_sync_uploads_a_file_only_once_it_is_unchanged_between_pushes(s3: BaseClient, tmp_path: Path) -> None:
     sync = s3_io.FolderSync(s3, tmp_path, f"s3://{BUCKET}/checkpoints")
     checkpoint = tmp_path / "last.ckpt"
     checkpoint.write_bytes(b"epoch 1, first half")
