@@ -98,8 +98,16 @@ class _MirrorFailure(Exception):
 
 def read_sha256sums(path: Path) -> dict[str, Digests]:
     """Read a `sha256sum`-format file ("<hex>  <name>" or "<hex> *<name>" lines) into .gz digests."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        kind = "a gzip file" if data.startswith(b"\x1f\x8b") else f"not UTF-8 text (byte {error.start})"
+        raise ValueError(
+            f"{path} is {kind}, not a sha256sum file: write it with `sha256sum FILE... > SHA256SUMS`"
+        ) from error
     digests: dict[str, Digests] = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         match = re.fullmatch(r"([0-9a-fA-F]{64}) [ *](\S.*)", line.rstrip())
@@ -109,6 +117,8 @@ def read_sha256sums(path: Path) -> dict[str, Digests]:
                 "'<64 hex digits>  <file name>' (as written by `sha256sum FILE > SHA256SUMS`)"
             )
         digests[match[2]] = Digests(gz=match[1].lower())
+    if not digests:
+        raise ValueError(f"{path} holds no sha256sum line: write it with `sha256sum FILE... > SHA256SUMS`")
     return digests
 
 
@@ -141,7 +151,10 @@ def sources_from_env(environ: Mapping[str, str]) -> tuple[list[str], dict[str, D
             f"MNIST_SHA256SUMS={str(sums)!r}: no such file. Point it at the sha256sum file of the mirror "
             "in MNIST_MIRRORS, or unset it to verify against the published MNIST checksums"
         )
-    return mirrors, read_sha256sums(sums)
+    try:
+        return mirrors, read_sha256sums(sums)
+    except ValueError as error:
+        raise ValueError(f"MNIST_SHA256SUMS={str(sums)!r}: {error}") from error
 
 
 def _sha256(stream: BinaryIO) -> str:

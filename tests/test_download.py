@@ -368,6 +368,29 @@ def test_read_sha256sums_formats_and_malformed_line(tmp_path: Path) -> None:
         read_sha256sums(sums)
 
 
+MALFORMED_SUMS = {
+    "gzip-compressed": lambda text: gzip.compress(text.encode(), mtime=0),
+    "not UTF-8": lambda text: text.encode() + "caf\u00e9  x.gz\n".encode("latin-1"),
+    "a malformed line": lambda text: text.encode() + b"not a digest line\n",
+    "empty": lambda text: b"",
+}
+
+
+@pytest.mark.parametrize("kind", list(MALFORMED_SUMS))
+def test_a_malformed_sha256sums_file_names_the_file_and_the_variable(
+    tmp_path: Path, mirror_dir: Path, kind: str
+) -> None:
+    sums = tmp_path / "SHA256SUMS"
+    sums.write_bytes(MALFORMED_SUMS[kind]((mirror_dir / "SHA256SUMS").read_text()))
+
+    with pytest.raises(ValueError) as caught:
+        sources_from_env({"MNIST_SHA256SUMS": str(sums)})
+
+    assert type(caught.value) is ValueError  # not a UnicodeDecodeError, which says neither
+    message = str(caught.value)
+    assert message.startswith(f"MNIST_SHA256SUMS={str(sums)!r}: ") and "sha256sum" in message
+
+
 @pytest.mark.skipif(not REAL_T10K.is_dir(), reason=f"the real MNIST test set is not at {REAL_T10K}")
 def test_real_t10k_files_verify_against_the_published_payload_digests(tmp_path: Path) -> None:
     t10k = ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
