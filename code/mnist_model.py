@@ -71,20 +71,22 @@ class MNISTClassifier(pl.LightningModule):
         # (every `log_every_n_steps`) and on each epoch's last batch, for the epoch's metric line.
         last = batch_idx + 1 == self.trainer.num_training_batches
         if last or self.global_step % self.trainer.log_every_n_steps == 0:
-            self.log("train_loss", outputs["loss"], prog_bar=True)
+            self.log("train_loss", outputs["loss"], prog_bar=True, sync_dist=True)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
         logits = self(images)
+        # Under DDP each rank sees a shard: sync_dist averages the losses over the ranks, and the accuracy
+        # metrics add up their counts over the ranks when computed. With one process both change nothing.
         self.val_accuracy(logits, labels)
-        self.log("val_loss", F.cross_entropy(logits, labels), prog_bar=True)
+        self.log("val_loss", F.cross_entropy(logits, labels), prog_bar=True, sync_dist=True)
         self.log("val_acc", self.val_accuracy, prog_bar=True)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
         logits = self(images)
         self.test_accuracy(logits, labels)
-        self.log("test_loss", F.cross_entropy(logits, labels))
+        self.log("test_loss", F.cross_entropy(logits, labels), sync_dist=True)
         self.log("test_acc", self.test_accuracy)
 
     def on_train_start(self) -> None:

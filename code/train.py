@@ -16,6 +16,12 @@ Folders come from the SageMaker container's environment variables, with local de
 | CHECKPOINT_DIR      | /opt/ml/checkpoints          | build/train/checkpoints/    |
 
 Metrics are printed as `name=value;` so SageMaker metric definitions can capture them with a regex.
+
+Under torchrun (SageMaker's `Torchrun` distribution: `torchrun --nnodes <hosts> --nproc_per_node <n> train.py`)
+the same script trains one model with Lightning's DDP over every process: each rank trains on its own
+shard of the training set, each with `batch_size` images per step (the global batch is `batch_size` times
+the number of processes); metrics are reduced over all ranks and printed by the first process of each
+host; rank 0 alone writes checkpoints and the model.
 """
 
 from __future__ import annotations
@@ -43,7 +49,11 @@ from mnist_model import MNISTClassifier, ResumeMismatchError, save_model
 # Lightning's start-up notes (hardware summary, tips) would drown the metric lines, in a notebook and in
 # the job's log alike; warnings still show. The pytree notice comes from inside Lightning itself.
 logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+logging.getLogger("lightning_fabric").setLevel(logging.WARNING)  # "Initializing distributed: ..." on every rank
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# Under DDP, trainer.test() splits the test set over the ranks with a DistributedSampler, which would repeat up
+# to (ranks - 1) images to even out a split that does not divide; the workbook's test sets divide by 2, 4 and 8.
+warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders. During `trainer.test\(\)`")
 
 REPO = Path(__file__).resolve().parent.parent
 CONTAINER_CHECKPOINT_DIR = Path("/opt/ml/checkpoints")
@@ -174,7 +184,7 @@ class MetricLines(Callback):
     """Print metrics as `name=value;` lines, one per epoch: SageMaker metric definitions parse them."""
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
+        if not trainer.sanity_checking and trainer.local_rank == 0:  # once per host, values reduced over all ranks
             print_metrics({"epoch": trainer.current_epoch + 1, **trainer.callback_metrics})
 
 
@@ -198,14 +208,88 @@ def print_metrics(metrics: Mapping[str, object]) -> None:
     print(" ".join(parts), flush=True)
 
 
-def accelerator_settings(num_gpus: int) -> dict[str, object]:
-    """Trainer settings for the hardware: mixed precision on a GPU, plain float32 on a CPU."""
+@dataclasses.dataclass(frozen=True)
+class Processes:
+    """How many processes train one model together: per host (torchrun's --nproc_per_node) times hosts (--nnodes)."""
+
+    per_host: int = 1
+    hosts: int = 1
+
+    @property
+    def world_size(self) -> int:
+        """The number of ranks."""
+        return self.per_host * self.hosts
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Processes:
+        """torchrun's LOCAL_WORLD_SIZE and WORLD_SIZE; one process when train.py was not started by torchrun."""
+        if "LOCAL_WORLD_SIZE" not in environ:
+            return cls()
+        per_host, world_size = int(environ["LOCAL_WORLD_SIZE"]), int(environ["WORLD_SIZE"])
+        if world_size % per_host:
+            raise ValueError(
+                f"WORLD_SIZE={world_size} is not a multiple of LOCAL_WORLD_SIZE={per_host}: "
+                "start every host with the same torchrun --nproc_per_node"
+            )
+        return cls(per_host, world_size // per_host)
+
+
+class StopTogether(Callback):
+    """Under DDP: stop every rank after the same step when any of them receives SIGTERM; resume all from one step.
+
+    Lightning's own SIGTERM handler broadcasts from inside the signal handler, where the broadcast pairs with
+    whatever collective another rank runs at that moment (a gradient all-reduce, say) and can leave the ranks
+    waiting for each other. Here the handler only notes the signal, and the ranks agree after each step with
+    one all-reduce. Lightning installs its handler as each stage starts: this one takes its place again.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.received = True
+
+    def listen(self) -> None:
+        """Note SIGTERM instead of acting on it at once."""
+        signal.signal(signal.SIGTERM, self._note)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.listen()
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.listen()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.listen()
+        # Ranks that resumed from different steps would wait for each other's collectives until a timeout.
+        step = torch.tensor(float(trainer.global_step), device=pl_module.device)
+        lowest, highest = (int(trainer.strategy.reduce(step.clone(), reduce_op=op)) for op in ("min", "max"))
+        if lowest != highest:
+            raise ResumeMismatchError(
+                f"the ranks resume from different checkpoints (steps {lowest} to {highest}): every host must find "
+                "the same checkpoint folder (on SageMaker, CheckpointConfig's S3 URI fills each host's folder)"
+            )
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object, batch: object, batch_idx: int
+    ) -> None:
+        if trainer.strategy.reduce_boolean_decision(self.received, all=False):
+            raise SIGTERMException
+
+
+def accelerator_settings(num_gpus: int, processes: Processes = Processes()) -> dict[str, object]:
+    """Trainer settings for the hardware: mixed precision on a GPU, plain float32 on a CPU; DDP over several processes."""
     if num_gpus > 0 and torch.cuda.is_available():
-        return {"accelerator": "gpu", "devices": 1, "precision": "16-mixed"}
-    return {"accelerator": "cpu", "devices": 1, "precision": "32-true"}
+        settings: dict[str, object] = {"accelerator": "gpu", "devices": 1, "precision": "16-mixed"}
+    else:
+        settings = {"accelerator": "cpu", "devices": 1, "precision": "32-true"}
+    if processes.world_size > 1:
+        # Lightning's DDP over torchrun's processes (gloo between CPUs, NCCL between GPUs): one device per process.
+        settings.update(devices=processes.per_host, num_nodes=processes.hosts, strategy="ddp")
+    return settings
 
 
-def build_trainer(hp: Hyperparameters, paths: Paths, num_gpus: int) -> pl.Trainer:
+def build_trainer(hp: Hyperparameters, paths: Paths, num_gpus: int, processes: Processes = Processes()) -> pl.Trainer:
     """The Lightning Trainer of every run: checkpoints each epoch, TensorBoard logs, no per-step overhead."""
     checkpoints = ModelCheckpoint(
         dirpath=paths.checkpoints,
@@ -215,15 +299,18 @@ def build_trainer(hp: Hyperparameters, paths: Paths, num_gpus: int) -> pl.Traine
         save_last=True,
         enable_version_counter=False,
     )
+    callbacks = [checkpoints, SaveOnInterrupt(paths.checkpoints / LAST_CHECKPOINT), MetricLines()]
+    if processes.world_size > 1:
+        callbacks.append(StopTogether())
     return pl.Trainer(
         max_epochs=hp.epochs,
         logger=TensorBoardLogger(paths.tensorboard, name="mnist", default_hp_metric=False),
-        callbacks=[checkpoints, SaveOnInterrupt(paths.checkpoints / LAST_CHECKPOINT), MetricLines()],
+        callbacks=callbacks,
         enable_progress_bar=hp.progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=10,
-        **accelerator_settings(num_gpus),
+        **accelerator_settings(num_gpus, processes),
     )
 
 
@@ -250,14 +337,14 @@ class TrainingResult:
 
     model: MNISTClassifier
     metrics: dict[str, float]
-    model_path: Path
+    model_path: Path | None  # None on every rank but 0: rank 0 alone writes the model
     trainer: pl.Trainer
 
 
-def fit(hp: Hyperparameters, paths: Paths, num_gpus: int = 0) -> TrainingResult:
+def fit(hp: Hyperparameters, paths: Paths, num_gpus: int = 0, processes: Processes = Processes()) -> TrainingResult:
     """Train (resuming from the last checkpoint when there is one), test, and save the model."""
     pl.seed_everything(hp.seed, verbose=False)
-    device = "cuda" if accelerator_settings(num_gpus)["accelerator"] == "gpu" else "cpu"
+    trainer = build_trainer(hp, paths, num_gpus, processes)
     train_split, test_split = paths.load_channels()
     data = MNISTDataModule(
         train_split,
@@ -266,20 +353,22 @@ def fit(hp: Hyperparameters, paths: Paths, num_gpus: int = 0) -> TrainingResult:
         val_fraction=hp.val_fraction,
         max_train_images=hp.max_train_images or None,
         seed=hp.seed,
-        device=device,
+        device=str(trainer.strategy.root_device),  # under DDP, this rank's own GPU
     )
     model = MNISTClassifier(
         width=hp.width, hidden=hp.hidden, lr=hp.lr, weight_decay=hp.weight_decay, label_smoothing=hp.label_smoothing
     )
-    trainer = build_trainer(hp, paths, num_gpus)
     trainer.fit(model, datamodule=data, ckpt_path=resume_checkpoint(paths.checkpoints), weights_only=True)
     fit_metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     (test_metrics,) = trainer.test(model, datamodule=data, verbose=False)
-    print_metrics(test_metrics)
+    if trainer.local_rank == 0:
+        print_metrics(test_metrics)
     metrics = {**fit_metrics, **test_metrics}
-    model_path = save_model(model, paths.model)
-    paths.output_data.mkdir(parents=True, exist_ok=True)
-    (paths.output_data / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    model_path = None
+    if trainer.is_global_zero:  # SageMaker packs every host's model folder into one model.tar.gz: one writer
+        model_path = save_model(model, paths.model)
+        paths.output_data.mkdir(parents=True, exist_ok=True)
+        (paths.output_data / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return TrainingResult(model, metrics, model_path, trainer)
 
 
@@ -288,7 +377,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
     hp = parse_hyperparameters(sys.argv[1:] if argv is None else argv)
     paths = Paths.from_env(environ)
     try:
-        fit(hp, paths, num_gpus=int(environ.get("SM_NUM_GPUS", torch.cuda.device_count())))
+        processes = Processes.from_env(environ)
+        fit(hp, paths, int(environ.get("SM_NUM_GPUS", torch.cuda.device_count())), processes)
     except (ChannelError, ResumeMismatchError) as error:
         message = f"ERROR: {error}"
         print(message, file=sys.stderr)
@@ -298,7 +388,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
             (paths.output / "failure").write_text(message)
         return 1
     except SIGTERMException:
-        print(f"Stopped by SIGTERM; the interrupted epoch is saved in {paths.checkpoints / LAST_CHECKPOINT}.", flush=True)
+        if environ.get("RANK", "0") == "0":  # rank 0 saved the checkpoint (torchrun's RANK; unset: one process)
+            print(f"Stopped by SIGTERM; the interrupted epoch is saved in {paths.checkpoints / LAST_CHECKPOINT}.", flush=True)
         return 128 + signal.SIGTERM
     return 0
 
