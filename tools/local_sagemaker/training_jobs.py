@@ -87,29 +87,72 @@ class Outcome:
 
 
 class TrainingJobStatus:
-    """What DescribeTrainingJob reports about a job's progress; every change of it goes through here."""
+    """What DescribeTrainingJob reports about a job's progress; every change of it goes through here, under one lock.
+
+    The run thread moves the job along while StopTrainingJob arrives on a request thread: a stop checks
+    InProgress and sets Stopping in one step, so that a job that has ended in between stays ended (and the
+    stop is refused), and two transitions at once both reach the list.
+    """
 
     def __init__(self, job: FakeTrainingJob) -> None:
         self.job = job
+        self.lock = threading.Lock()
 
     def start(self, request: dict[str, Any]) -> None:
         """Keep what moto dropped and start the job `InProgress`; every field exists before the first describe."""
         job = self.job
-        job.algorithm_specification = request["AlgorithmSpecification"]  # moto replaced MetricDefinitions
-        job.environment = request.get("Environment") or {}
-        job.retry_strategy = request.get("RetryStrategy")
-        job.failure_reason = None
-        job.final_metric_data_list = None
-        job.training_start_time = None
-        job.training_end_time = None
-        job.training_time_in_seconds = None
-        job.billable_time_in_seconds = None
-        job.secondary_status_transitions = []
-        job.training_job_status = "InProgress"
-        self.set_secondary("Starting", "Preparing the instances for training")
+        with self.lock:
+            job.algorithm_specification = request["AlgorithmSpecification"]  # moto replaced MetricDefinitions
+            job.environment = request.get("Environment") or {}
+            job.retry_strategy = request.get("RetryStrategy")
+            job.failure_reason = None
+            job.final_metric_data_list = None
+            job.training_start_time = None
+            job.training_end_time = None
+            job.training_time_in_seconds = None
+            job.billable_time_in_seconds = None
+            job.secondary_status_transitions = []
+            job.training_job_status = "InProgress"
+            self._move_to("Starting", "Preparing the instances for training")
 
-    def set_secondary(self, status: str, message: str, final: bool = False) -> None:
-        """Move the job to a new secondary status (new lists, so a concurrent describe never sees one change)."""
+    def set_secondary(self, status: str, message: str) -> None:
+        """Move the job to a new secondary status."""
+        with self.lock:
+            self._move_to(status, message)
+
+    def training_started(self) -> None:
+        """The first attempt's container starts: TrainingStartTime (a retry keeps the first one)."""
+        with self.lock:
+            if self.job.training_start_time is None:
+                self.job.training_start_time = utcnow()
+
+    def request_stop(self) -> None:
+        """StopTrainingJob: an InProgress job becomes Stopping; any other is refused, as SageMaker refuses it."""
+        with self.lock:
+            if self.job.training_job_status != "InProgress":
+                raise ValidationError(
+                    f"The request was rejected because the training job is in status {self.job.training_job_status}."
+                )
+            self._move_to("Stopping", "Stopping the training job")
+            self.job.training_job_status = "Stopping"
+
+    def finish(self, outcome: Outcome, metrics: list[dict[str, Any]], container_seconds: float) -> None:
+        """Report the end: metrics, times and reason first, the status last (clients poll for it)."""
+        job = self.job
+        with self.lock:
+            job.final_metric_data_list = metrics
+            seconds = max(1, math.ceil(container_seconds))
+            job.training_time_in_seconds = seconds
+            job.billable_time_in_seconds = seconds  # no spot discount is modelled: every second is billable
+            job.training_end_time = utcnow()
+            if outcome.status == "Failed":
+                job.failure_reason = outcome.reason
+                job.model_artifacts = None  # SageMaker reports no model for a failed job
+            self._move_to(outcome.secondary, outcome.message, final=True)
+            job.training_job_status = outcome.status
+
+    def _move_to(self, status: str, message: str, final: bool = False) -> None:
+        """The transition itself, with the lock held (new lists, so a concurrent describe never sees one change)."""
         now = utcnow()
         transitions = [dict(transition) for transition in self.job.secondary_status_transitions]
         if transitions:
@@ -120,34 +163,6 @@ class TrainingJobStatus:
         self.job.secondary_status_transitions = transitions
         self.job.secondary_status = status
         self.job.last_modified_time = now
-
-    def training_started(self) -> None:
-        """The first attempt's container starts: TrainingStartTime (a retry keeps the first one)."""
-        if self.job.training_start_time is None:
-            self.job.training_start_time = utcnow()
-
-    def request_stop(self) -> None:
-        """StopTrainingJob: an InProgress job becomes Stopping; any other is refused, as SageMaker refuses it."""
-        if self.job.training_job_status != "InProgress":
-            raise ValidationError(
-                f"The request was rejected because the training job is in status {self.job.training_job_status}."
-            )
-        self.set_secondary("Stopping", "Stopping the training job")
-        self.job.training_job_status = "Stopping"
-
-    def finish(self, outcome: Outcome, metrics: list[dict[str, Any]], container_seconds: float) -> None:
-        """Report the end: metrics, times and reason first, the status last (clients poll for it)."""
-        job = self.job
-        job.final_metric_data_list = metrics
-        seconds = max(1, math.ceil(container_seconds))
-        job.training_time_in_seconds = seconds
-        job.billable_time_in_seconds = seconds  # no spot discount is modelled: every second is billable
-        job.training_end_time = utcnow()
-        if outcome.status == "Failed":
-            job.failure_reason = outcome.reason
-            job.model_artifacts = None  # SageMaker reports no model for a failed job
-        self.set_secondary(outcome.secondary, outcome.message, final=True)
-        job.training_job_status = outcome.status
 
 
 class TrainingJobRun(threading.Thread):
