@@ -7,17 +7,22 @@ training container: this module is not among the files uploaded with the job's s
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TextIO
 
 import boto3
 from botocore.client import BaseClient
 from mnist_s3 import local_path_for_key, split_s3_uri
 from rich.text import Text
+from run_context import uses_local_endpoint
 from sagemaker.core.resources import TrainingJob
 from sagemaker.core.shapes import ResourceConfigForUpdate
 from sagemaker.core.training.configs import MetricDefinition, SourceCode
+from sagemaker.train import ModelTrainer
 
 # What the training container needs: the entry script, the modules it imports and the extra packages.
 CONTAINER_FILES = ("train.py", "mnist_data.py", "mnist_format.py", "mnist_model.py", "requirements.txt")
@@ -33,28 +38,117 @@ METRIC_LINES = {
 RUNNING = ("InProgress", "Stopping")
 # SDK 3 hands each line of a job's log (fetched from CloudWatch by `train(logs=True)`) to this logger.
 JOB_LOG_LOGGER = "sagemaker.core.resources"
+JOB_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+# The lines of a job's log worth reading in the notebook: train.py's metric lines, and what says why a job
+# failed or stopped. The rest (the container's set-up, pip, the environment) stays in CloudWatch.
+SHOWN_LOG_LINES = re.compile(r"(epoch=\d+;|test_loss=|ERROR|Stopped by SIGTERM|Traceback|\w+(Error|Exception): )")
+FINAL_STATUS = "Final Resource Status:"
 
 
 class JobLogHandler(logging.StreamHandler):
-    """Print the SDK's job log records as plain lines on stdout (no stream-name line, no rich markup)."""
+    """Print train.py's own lines of a job's log as plain text, then the job's status and where its whole log is."""
 
-    def __init__(self) -> None:
-        super().__init__(sys.stdout)
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream or sys.stdout)
+        self.lines: dict[str, list[int]] = {}  # log stream -> [lines seen, lines shown], for the closing note
 
-    def format(self, record: logging.LogRecord) -> str:
-        # A log line arrives as "<log stream name>:\n<line>"; status messages carry rich markup such as [bold].
-        message = record.getMessage()
-        return message.split("\n", 1)[1] if "\n" in message else Text.from_markup(message).plain
+    def emit(self, record: logging.LogRecord) -> None:
+        # The SDK logs a log line as "<log stream name>:\n<line>"; its status messages carry rich markup.
+        stream_name, separator, line = record.getMessage().partition(":\n")
+        if separator:
+            counts = self.lines.setdefault(stream_name, [0, 0])
+            counts[0] += 1
+            if SHOWN_LOG_LINES.match(line):
+                counts[1] += 1
+                self.write(line)
+            return
+        message = Text.from_markup(record.getMessage()).plain
+        if message.startswith(FINAL_STATUS):
+            self.write(self.closing_note(message.removeprefix(FINAL_STATUS).strip()))
+            self.lines.clear()
+
+    def closing_note(self, status: str) -> str:
+        """The job's status, how much of its log was shown, and where the whole log is."""
+        seen = sum(counts[0] for counts in self.lines.values())
+        shown = sum(counts[1] for counts in self.lines.values())
+        streams = ", ".join(self.lines) or "(none yet)"
+        return (
+            f"Final status: {status}. {shown} of the log's {seen} lines are shown; all of them are in CloudWatch Logs,\n"
+            f"  log group {JOB_LOG_GROUP}, stream {streams}"
+        )
+
+    def write(self, text: str) -> None:
+        """Print one piece of text as a line."""
+        self.stream.write(text + "\n")
+        self.flush()
 
 
 def show_job_logs() -> None:
-    """Make `ModelTrainer.train(logs=True)` print the job's log: SDK 3 logs it at INFO, which prints nothing
-    unless logging is set up. Safe to call twice."""
+    """Make `ModelTrainer.train(logs=True)` print train.py's lines of the job's log, and where the whole log is.
+
+    SDK 3 logs the job's log at INFO, which prints nothing unless logging is set up. Safe to call twice.
+    """
     sdk_logger = logging.getLogger(JOB_LOG_LOGGER)
     sdk_logger.setLevel(logging.INFO)
     sdk_logger.propagate = False  # printed here once, not again by a handler on the root logger
     if not any(isinstance(handler, JobLogHandler) for handler in sdk_logger.handlers):
         sdk_logger.addHandler(JobLogHandler())
+
+
+def latest_job(trainer: ModelTrainer) -> TrainingJob:
+    """The training job that `trainer.train(...)` started last, described afresh.
+
+    SDK 3 keeps it in a private attribute and offers no public accessor; this is the one place that reads
+    it, and tests/test_sagemaker_job.py fails if an SDK release renames it.
+    """
+    job = getattr(trainer, "_latest_training_job", None)
+    if job is None:
+        raise RuntimeError(f"{trainer.base_job_name or 'this ModelTrainer'} has not started a training job: run trainer.train(...) first")
+    if not isinstance(job, TrainingJob):
+        raise TypeError(f"ModelTrainer._latest_training_job is a {type(job).__name__}, not a TrainingJob: the SageMaker SDK changed")
+    job.refresh()
+    return job
+
+
+def job_log(job: TrainingJob, *, logs_client: BaseClient | None = None) -> list[str]:
+    """Every line of the job's CloudWatch log, stream by stream (one stream per instance), oldest first."""
+    logs_client = logs_client or boto3.client("logs")
+    streams = logs_client.get_paginator("describe_log_streams").paginate(
+        logGroupName=JOB_LOG_GROUP, logStreamNamePrefix=f"{job.training_job_name}/"
+    )
+    lines = []
+    for stream in (stream for page in streams for stream in page["logStreams"]):
+        token: dict[str, str] = {}
+        while True:
+            page = logs_client.get_log_events(
+                logGroupName=JOB_LOG_GROUP, logStreamName=stream["logStreamName"], startFromHead=True, **token
+            )
+            lines.extend(event["message"] for event in page["events"])
+            if not page["events"]:
+                break
+            token = {"nextToken": page["nextForwardToken"]}
+    return lines
+
+
+def gpus_in_log(lines: list[str]) -> int | None:
+    """How many GPUs the container saw: the SM_NUM_GPUS line of the SDK's environment report, if the log has one."""
+    for line in lines:
+        if line.startswith("SM_NUM_GPUS="):
+            return int(line.removeprefix("SM_NUM_GPUS="))
+    return None
+
+
+def billing_statement(job: TrainingJob, environ: Mapping[str, str]) -> str:
+    """What the job's training and billable seconds say, and what they cannot say offline."""
+    training, billable = job.training_time_in_seconds, job.billable_time_in_seconds
+    measured = f"Training took {training} s and SageMaker counts {billable} billable seconds"
+    if uses_local_endpoint(environ):
+        return f"{measured}. The local endpoint bills nothing and has no spot market, so no spot saving can show here."
+    if not job.enable_managed_spot_training:
+        return f"{measured}: on demand, every second of training is billed."
+    if billable < training:
+        return f"{measured}: managed spot capacity saved {round(100 * (1 - billable / training))} % of the on-demand bill."
+    return f"{measured}: spot capacity saved nothing on this job."
 
 
 def source_code(code_dir: Path) -> SourceCode:
