@@ -1,0 +1,29 @@
+"""local_sagemaker.install(): every resource module installed over moto, and shut down again."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import moto
+import pytest
+from moto.sagemaker.responses import SageMakerResponse
+
+import local_sagemaker
+from local_sagemaker import processes, training_jobs
+
+
+def test_install_installs_each_resource_module_and_shutdown_undoes_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Direct runs: with a namespace, install would make this test process the reaper of every orphan.
+    monkeypatch.setattr(processes, "namespace_permitted", lambda: False)
+    with moto.mock_aws(), caplog.at_level(logging.INFO):
+        installed = local_sagemaker.install(tmp_path)
+        patched = "stop_training_job" in vars(SageMakerResponse)
+        installed.shutdown()
+
+    assert list(installed.resources) == list(local_sagemaker.RESOURCE_MODULES) == ["training_jobs"]
+    assert isinstance(installed.resources["training_jobs"], training_jobs.TrainingJobs)
+    assert patched and "stop_training_job" not in vars(SageMakerResponse)
+    assert f"training jobs run under {tmp_path / 'training-jobs'} (directly)" in caplog.text
