@@ -33,6 +33,7 @@ import logging
 import os
 import signal
 import sys
+import typing
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -78,11 +79,11 @@ class Hyperparameters:
     progress_bar: bool = False
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            expected = {"int": int, "float": (int, float), "bool": bool}[field.type]
-            if not isinstance(value, expected) or (field.type == "int" and isinstance(value, bool)):
-                raise ValueError(f"hyperparameter {field.name}={value!r}: expected {field.type}")
+        for name, kind in field_types(type(self)).items():
+            value = getattr(self, name)
+            accepted = (int, float) if kind is float else kind
+            if not isinstance(value, accepted) or (kind in (int, float) and isinstance(value, bool)):
+                raise ValueError(f"hyperparameter {name}={value!r}: expected {kind.__name__}")
         checks = {
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 1,
@@ -99,6 +100,19 @@ class Hyperparameters:
                 raise ValueError(f"hyperparameter {name}={getattr(self, name)!r} is out of range")
 
 
+def field_types(cls: type) -> dict[str, type]:
+    """The type of each field of a hyperparameters dataclass, resolved from its annotations (strings or not)."""
+    hints = typing.get_type_hints(cls)
+    types = {field.name: hints[field.name] for field in dataclasses.fields(cls)}
+    for name, kind in types.items():
+        if kind not in ARGUMENT_TYPES:
+            raise TypeError(
+                f"hyperparameter {name}: type {getattr(kind, '__name__', kind)} is not one of "
+                f"{', '.join(known.__name__ for known in ARGUMENT_TYPES)}; SageMaker passes hyperparameters as text"
+            )
+    return types
+
+
 def _to_bool(text: str) -> bool:
     """Parse the spellings of a boolean that SageMaker and people use."""
     lowered = text.strip().lower()
@@ -109,12 +123,16 @@ def _to_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
+# How a `--name value` argument becomes each type a hyperparameter may have.
+ARGUMENT_TYPES = {int: int, float: float, bool: _to_bool, str: str}
+
+
 def parse_hyperparameters(argv: Sequence[str]) -> Hyperparameters:
     """Parse `--name value` arguments into validated Hyperparameters; unknown names are an error."""
     parser = argparse.ArgumentParser(description="Train the MNIST classifier.")
-    for field in dataclasses.fields(Hyperparameters):
-        kind = {"int": int, "float": float, "bool": _to_bool}[field.type]
-        parser.add_argument(f"--{field.name}", type=kind, default=field.default)
+    defaults = {field.name: field.default for field in dataclasses.fields(Hyperparameters)}
+    for name, kind in field_types(Hyperparameters).items():
+        parser.add_argument(f"--{name}", type=ARGUMENT_TYPES[kind], default=defaults[name])
     try:
         return Hyperparameters(**vars(parser.parse_args(argv)))
     except ValueError as error:
@@ -189,7 +207,7 @@ class MetricLines(Callback):
 
 
 class SaveOnInterrupt(Callback):
-    """Save `last.ckpt` when training stops on an exception, so that a new run resumes mid-epoch.
+    """Save `last.ckpt` when training is interrupted (SIGTERM, Ctrl-C), so that a new run resumes mid-epoch.
 
     SageMaker stops a job, or reclaims a spot instance, with SIGTERM; Lightning turns the signal into an
     exception at the next training step. (Lightning's OnExceptionCheckpoint deletes its file at teardown.)
@@ -199,7 +217,9 @@ class SaveOnInterrupt(Callback):
         self.path = path
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        trainer.save_checkpoint(self.path)
+        # Only an interruption: after any other error (a refused resume, say) last.ckpt stays as it was.
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            trainer.save_checkpoint(self.path)
 
 
 def print_metrics(metrics: Mapping[str, object]) -> None:

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+import sagemaker_job
 import train
 from container_layout import container_layout, sm_environment
-import sagemaker_job
 from mnist_data import load_split
 from mnist_format import SPLIT_FILES
-from mnist_model import load_model, predict
+from mnist_model import ResumeMismatchError, load_model, predict
 from support import epochs_in
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,6 +180,40 @@ def test_resuming_with_another_number_of_epochs_is_refused(spot_run: SpotRun, tm
     assert (ml_dir / "model" / "model.pt").read_bytes() == model_before
 
 
+def test_a_refused_resume_leaves_the_last_checkpoint_as_it_was(spot_run: SpotRun, tmp_path: Path) -> None:
+    ml_dir = Path(shutil.copytree(spot_run.ml_dir, tmp_path / "ml"))
+    last = ml_dir / "checkpoints" / "last.ckpt"
+    checkpoint_before = last.read_bytes()
+
+    assert train.main(["--epochs", "3", *SMALL_RUN], environ=sm_environment(ml_dir)) == 1
+
+    assert last.read_bytes() == checkpoint_before  # a ResumeMismatchError is no interruption to save
+
+
+class RecordingTrainer:
+    """Stands in for pl.Trainer in SaveOnInterrupt: records the checkpoints it is asked to save."""
+
+    def __init__(self) -> None:
+        self.saved: list[Path] = []
+
+    def save_checkpoint(self, path: Path) -> None:
+        self.saved.append(path)
+
+
+@pytest.mark.parametrize(("exception", "saves"), [
+    pytest.param(SIGTERMException(), True, id="SIGTERM"),
+    pytest.param(KeyboardInterrupt(), True, id="KeyboardInterrupt"),
+    pytest.param(ResumeMismatchError("other steps"), False, id="ResumeMismatchError"),
+    pytest.param(RuntimeError("CUDA out of memory"), False, id="RuntimeError"),
+])
+def test_only_an_interruption_saves_the_last_checkpoint(tmp_path: Path, exception: BaseException, saves: bool) -> None:
+    trainer = RecordingTrainer()
+
+    train.SaveOnInterrupt(tmp_path / "last.ckpt").on_exception(trainer, None, exception)
+
+    assert trainer.saved == ([tmp_path / "last.ckpt"] if saves else [])
+
+
 # --- failures a SageMaker user must be able to read ------------------------------------------------------------
 
 
@@ -282,6 +317,43 @@ def test_parse_hyperparameters_without_arguments_gives_the_defaults() -> None:
 )
 def test_boolean_hyperparameter_spellings(spelling: str, expected: bool) -> None:
     assert train.parse_hyperparameters(["--progress_bar", spelling]).progress_bar is expected
+
+
+def hyperparameters_with(kind: type, default: object) -> type[train.Hyperparameters]:
+    """Hyperparameters plus a field `extra` whose annotation is the type itself, not a string."""
+    return dataclasses.make_dataclass(
+        "ExtendedHyperparameters", [("extra", kind, dataclasses.field(default=default))],
+        bases=(train.Hyperparameters,), frozen=True,
+    )
+
+
+@pytest.mark.parametrize(("kind", "default", "argument", "parsed"), [
+    (str, "mnist", "digits", "digits"), (int, 1, "5", 5), (float, 0.5, "0.25", 0.25), (bool, False, "yes", True),
+])
+def test_a_field_annotated_with_a_real_type_is_parsed_and_checked(
+    monkeypatch: pytest.MonkeyPatch, kind: type, default: object, argument: str, parsed: object
+) -> None:
+    extended = hyperparameters_with(kind, default)
+    monkeypatch.setattr(train, "Hyperparameters", extended)
+
+    hp = train.parse_hyperparameters(["--extra", argument, "--epochs", "3"])
+
+    assert (hp.extra, type(hp.extra), hp.epochs) == (parsed, kind, 3)
+    with pytest.raises(ValueError, match=rf"^hyperparameter extra=\[1\]: expected {kind.__name__}$"):
+        extended(extra=[1])
+
+
+def test_a_field_of_a_type_sagemaker_cannot_pass_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train, "Hyperparameters", hyperparameters_with(tuple, ()))
+
+    with pytest.raises(TypeError, match="hyperparameter extra: type tuple is not one of int, float, bool, str"):
+        train.parse_hyperparameters([])
+
+
+def test_a_numeric_hyperparameter_refuses_a_boolean() -> None:
+    for name in ("epochs", "lr"):
+        with pytest.raises(ValueError, match=f"hyperparameter {name}=True: expected"):
+            train.Hyperparameters(**{name: True})
 
 
 def test_paths_default_to_the_repository_build_and_data_folders(monkeypatch, tmp_path: Path) -> None:
