@@ -29,14 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "code" / "train.py"
 SMALL_RUN = ["--max_train_images", "1000", "--batch_size", "32"]
 TWO_EPOCHS = ["--epochs", "2", *SMALL_RUN]
-# What a SageMaker estimator's metric_definitions would hold for this script.
-METRIC_REGEXES = {
-    "epoch": r"epoch=([0-9]+);",
-    "train_loss": r"train_loss=([0-9.e+-]+);",
-    "val_loss": r"val_loss=([0-9.e+-]+);",
-    "val_acc": r"val_acc=([0-9.]+);",
-    "test_acc": r"test_acc=([0-9.]+);",
-}
+# The metric definitions notebook 04 gives the job: SageMaker reads the job's log with these regexes.
+METRIC_REGEXES = {definition.name: definition.regex for definition in sagemaker_job.metric_definitions()}
 def run_train_script(arguments: list[str], environment: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     """Run code/train.py in a fresh Python process, as the container's entry point does."""
     return subprocess.run(
@@ -102,7 +96,7 @@ def spot_run(tmp_path_factory: pytest.TempPathFactory, mirror_dir: Path) -> Spot
 
 
 def printed_metric(run: SpotRun, name: str) -> float:
-    """A metric's value in the resumed run's stdout, read with its SageMaker regex."""
+    """A metric's value in the resumed run's stdout, read with its SageMaker regex (e.g. "test:accuracy")."""
     return float(re.search(METRIC_REGEXES[name], run.resumed.stdout).group(1))
 
 
@@ -123,27 +117,32 @@ def test_run_saves_a_model_that_recognises_real_test_digits(spot_run: SpotRun, m
 
     accuracy = (predict(model, test_images) == test_labels).float().mean().item()
     assert accuracy >= 0.80
-    assert accuracy == pytest.approx(printed_metric(spot_run, "test_acc"), abs=2 / len(test_labels))
+    assert accuracy == pytest.approx(printed_metric(spot_run, "test:accuracy"), abs=2 / len(test_labels))
 
 
 def test_run_prints_metric_lines_that_sagemaker_regexes_capture(spot_run: SpotRun) -> None:
     captured = {name: re.findall(regex, spot_run.resumed.stdout) for name, regex in METRIC_REGEXES.items()}
+    metrics = json.loads((spot_run.ml_dir / "output" / "data" / "metrics.json").read_text())
 
-    assert all(len(values) == 1 for values in captured.values()), captured
-    assert 0.5 < float(captured["val_acc"][0]) <= 1
-    assert 0.5 < float(captured["test_acc"][0]) <= 1
+    # The resumed run prints epoch 2's line and the test line: each metric once.
+    assert {name: len(values) for name, values in captured.items()} == dict.fromkeys(sagemaker_job.METRIC_LINES, 1)
+    for name, key in sagemaker_job.METRIC_LINES.items():  # what SageMaker reads is what the run measured
+        assert float(captured[name][0]) == pytest.approx(metrics[key], rel=1e-5), name
+    assert 0.8 <= float(captured["validation:accuracy"][0]) <= 1
+    assert 0.8 <= float(captured["test:accuracy"][0]) <= 1
+    assert 0 < float(captured["validation:loss"][0]) < 1.0  # guessing scores ln 10 = 2.3
 
 
 def test_run_writes_metrics_json_with_the_printed_test_accuracy(spot_run: SpotRun) -> None:
     metrics = json.loads((spot_run.ml_dir / "output" / "data" / "metrics.json").read_text())
 
-    assert metrics["test_acc"] == pytest.approx(printed_metric(spot_run, "test_acc"), rel=1e-5)
+    assert metrics["test_acc"] == pytest.approx(printed_metric(spot_run, "test:accuracy"), rel=1e-5)
 
 
 def test_metrics_json_keeps_the_final_validation_accuracy(spot_run: SpotRun) -> None:
     metrics = json.loads((spot_run.ml_dir / "output" / "data" / "metrics.json").read_text())
 
-    assert metrics.get("val_acc") == pytest.approx(printed_metric(spot_run, "val_acc"), rel=1e-5)
+    assert metrics.get("val_acc") == pytest.approx(printed_metric(spot_run, "validation:accuracy"), rel=1e-5)
 
 
 def test_run_writes_last_and_best_checkpoints(spot_run: SpotRun) -> None:
