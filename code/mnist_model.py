@@ -91,7 +91,11 @@ class MNISTClassifier(pl.LightningModule):
 
     def on_train_start(self) -> None:
         """Refuse to resume a run whose one-cycle schedule was planned for a different number of steps."""
-        restored, planned = self.lr_schedulers().total_steps, int(self.trainer.estimated_stepping_batches)
+        schedule = self.lr_schedulers()
+        # Lightning's learning-rate finder swaps in a schedule of its own, which plans no run to check.
+        if not isinstance(schedule, torch.optim.lr_scheduler.OneCycleLR):
+            return
+        restored, planned = schedule.total_steps, int(self.trainer.estimated_stepping_batches)
         if restored != planned:
             raise ResumeMismatchError(
                 f"the checkpoint being resumed was made for a run of {restored} steps, this run plans {planned}: "

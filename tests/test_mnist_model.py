@@ -147,3 +147,24 @@ def test_model_overfits_one_batch_of_real_digits(mirror_dir: Path) -> None:
         optimizer.step()
 
     assert F.cross_entropy(model(batch), targets).item() < 0.1
+
+
+def test_lightnings_learning_rate_finder_runs_on_the_classifier(mirror_dir: Path, tmp_path: Path) -> None:
+    # The finder swaps the model's one-cycle schedule for its own exponential one: the resume check in
+    # on_train_start must leave a schedule it did not plan alone (notebook 03 runs the finder).
+    import pytorch_lightning as pl
+    from pytorch_lightning.tuner import Tuner
+
+    from mnist_data import MNISTDataModule
+
+    data = MNISTDataModule(load_split(mirror_dir, "train"), batch_size=64, max_train_images=1024)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+
+    finder = Tuner(trainer).lr_find(MNISTClassifier(), datamodule=data, min_lr=1e-5, max_lr=1.0, num_training=30,
+                                    early_stop_threshold=None, update_attr=False)
+
+    assert len(finder.results["lr"]) == 30
+    assert 1e-5 <= finder.results["lr"][0] < finder.results["lr"][-1] <= 1.0
+    assert 1e-5 <= finder.suggestion() <= 1.0
+    assert list(tmp_path.iterdir()) == []  # the finder's temporary checkpoint is gone
