@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,14 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_data import normalise
 from mnist_format import NUM_CLASSES
+
+# Lightning's start-up notes (hardware summary, tips) would drown what a run prints, in a notebook and in
+# the job's log alike: they are turned off here, in the module every user of the model imports (train.py,
+# the notebooks). Warnings still show. The pytree notice comes from inside Lightning itself.
+logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+logging.getLogger("lightning_fabric").setLevel(logging.WARNING)  # "Initializing distributed: ..." on every rank
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
 MODEL_FILE = "model.pt"
 
 

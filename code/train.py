@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import signal
 import sys
@@ -47,11 +46,6 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from mnist_data import MNISTDataModule, load_split
 from mnist_model import MNISTClassifier, ResumeMismatchError, save_model
 
-# Lightning's start-up notes (hardware summary, tips) would drown the metric lines, in a notebook and in
-# the job's log alike; warnings still show. The pytree notice comes from inside Lightning itself.
-logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-logging.getLogger("lightning_fabric").setLevel(logging.WARNING)  # "Initializing distributed: ..." on every rank
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 # Under DDP, trainer.test() splits the test set over the ranks with a DistributedSampler, which would repeat up
 # to (ranks - 1) images to even out a split that does not divide; the workbook's test sets divide by 2, 4 and 8.
 warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders. During `trainer.test\(\)`")

@@ -168,3 +168,27 @@ def test_lightnings_learning_rate_finder_runs_on_the_classifier(mirror_dir: Path
     assert 1e-5 <= finder.results["lr"][0] < finder.results["lr"][-1] <= 1.0
     assert 1e-5 <= finder.suggestion() <= 1.0
     assert list(tmp_path.iterdir()) == []  # the finder's temporary checkpoint is gone
+
+
+def test_training_the_classifier_prints_no_lightning_start_up_notes_or_deprecation_noise(mirror_dir: Path) -> None:
+    # Notebook 02 trains the classifier with its own Trainer, without train.py: importing the model module
+    # must be enough to keep Lightning's hardware summary, tips and its internal deprecation notice away.
+    import subprocess
+    import sys
+
+    script = f"""
+import pytorch_lightning as pl
+import mnist_model
+from mnist_data import MNISTDataModule, load_split
+data = MNISTDataModule(load_split({str(mirror_dir)!r}, "train"), batch_size=64, max_train_images=128)
+trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, accelerator="cpu")
+trainer.fit(mnist_model.MNISTClassifier(), datamodule=data)
+print("trained", trainer.global_step, "steps")
+"""
+    code_dir = Path(__file__).resolve().parents[1] / "code"
+    run = subprocess.run([sys.executable, "-c", script], cwd=code_dir, capture_output=True, text=True, timeout=300)
+
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "trained 2 steps\n"
+    assert run.stderr == ""
