@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +40,17 @@ def wait_for(condition: Callable[[], T], what: str, timeout_s: float = 120) -> T
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
         time.sleep(POLL_S)
     return result
+
+
+@contextlib.contextmanager
+def killed_on_exit(process: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """Yield `process`; on leaving the block, kill and reap it if it still runs (a failing test leaves none behind)."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def aws_clients(endpoint_url: str, *services: str) -> tuple[Any, ...]:

@@ -41,7 +41,7 @@ from local_aws import LocalAWS
 from container_layout import container_layout
 from mnist_download import MNIST_FILES, Digests, DownloadError, download_mnist, read_sha256sums, verify
 from mnist_model import load_model
-from support import epochs_in, pausing_handler, wait_for
+from support import epochs_in, killed_on_exit, pausing_handler, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "code" / "train.py"
@@ -87,23 +87,15 @@ def test_download_killed_mid_file_leaves_nothing_under_the_final_name_and_a_reru
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         try:
-            wait_for(lambda: handler.half_sent.is_set() or process.poll() is not None, "the mirror to send half a file")
-            assert process.poll() is None, process.communicate()[0]
-            # Killed once the .part file holds data and has stopped growing (the client waits for the rest).
-            sizes: list[dict[str, int]] = []
-
-            def settled() -> bool:
-                sizes.append(part_files(dest))
-                return len(sizes) > 5 and sizes[-1] == sizes[-5] and any(sizes[-1].values())
-
-            wait_for(settled, f"a growing .part file in {dest}")
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=TIMEOUT_S)
+            with killed_on_exit(process):
+                wait_for(lambda: handler.half_sent.is_set() or process.poll() is not None, "the mirror to send half a file")
+                assert process.poll() is None, process.communicate()[0]
+                # Killed once the .part file holds data: at most the half the mirror sent, whenever it is killed.
+                wait_for(lambda: any(part_files(dest).values()), f"data in a .part file in {dest}")
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(timeout=TIMEOUT_S)
         finally:
             handler.release.set()
-            if process.poll() is None:
-                process.kill()
-                process.wait()
     assert process.returncode == -signal.SIGKILL
 
     # The killed run left one partial .part file of the first file, and nothing under any final name.
@@ -308,7 +300,7 @@ def killed_run(tmp_path_factory: pytest.TempPathFactory, mirror_dir: Path) -> Ki
             [sys.executable, "-c", TRAIN_STOPPING_IN_EPOCH_2, str(REPO / "code"), *TWO_EPOCHS],
             cwd=root, env=os.environ | environment, stdout=out, stderr=subprocess.STDOUT, text=True,
         )
-        try:
+        with killed_on_exit(process):
             stopped = psutil.Process(process.pid)
             wait_for(lambda: process.poll() is not None or stopped.status() == psutil.STATUS_STOPPED,
                      "train.py to stop itself at the start of epoch 2", timeout_s=TIMEOUT_S)
@@ -316,10 +308,6 @@ def killed_run(tmp_path_factory: pytest.TempPathFactory, mirror_dir: Path) -> Ki
             checkpoint_at_kill = load_checkpoint(last)
             os.kill(process.pid, signal.SIGKILL)
             process.wait(timeout=TIMEOUT_S)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
         out.seek(0)
         killed_output = out.read()
     left = sorted(str(path.relative_to(ml_dir)) for path in ml_dir.rglob("*")
@@ -332,15 +320,11 @@ def killed_run(tmp_path_factory: pytest.TempPathFactory, mirror_dir: Path) -> Ki
     with open(root / "resumed.out", "w+") as out, open(root / "resumed.err", "w+") as err:
         restart = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), *TWO_EPOCHS],
                                    cwd=root, env=os.environ | environment, stdout=out, stderr=err, text=True)
-        try:
+        with killed_on_exit(restart):
             baseline_stdout = io.StringIO()
             with contextlib.redirect_stdout(baseline_stdout):
                 assert train.main(TWO_EPOCHS, environ=baseline_environment) == 0
             restart.wait(timeout=TIMEOUT_S)
-        finally:
-            if restart.poll() is None:
-                restart.kill()
-                restart.wait()
         out.seek(0)
         err.seek(0)
         resumed = subprocess.CompletedProcess(restart.args, restart.returncode, out.read(), err.read())
