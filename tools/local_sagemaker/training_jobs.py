@@ -194,6 +194,7 @@ class TrainingJobRun(threading.Thread):
     # --- the job --------------------------------------------------------------------------------------------
 
     def run(self) -> None:
+        """The job's thread: its attempts, then its end as DescribeTrainingJob reports it."""
         try:
             outcome = self.run_attempts()
         except JobError as error:
@@ -471,6 +472,7 @@ def install(state_dir: Path, use_namespace: bool | None = None) -> TrainingJobs:
     jobs = TrainingJobs(state_dir / "training-jobs", use_namespace)
 
     def create_training_job(self: SageMakerResponse) -> ActionResult:
+        """moto stores the job; then it starts running here, InProgress."""
         request = {field: copy.deepcopy(self._get_param(field)) for field in REQUEST_FIELDS}
         definitions = request["AlgorithmSpecification"].get("MetricDefinitions") or []
         try:  # a bad regex refuses the request, as SageMaker does
@@ -482,12 +484,14 @@ def install(state_dir: Path, use_namespace: bool | None = None) -> TrainingJobs:
         return result
 
     def stop_training_job(self: SageMakerResponse) -> EmptyResult:
+        """SIGTERM to the job's script; a job that is not InProgress is a ValidationException."""
         name = self._get_param("TrainingJobName")
         self.sagemaker_backend.describe_training_job(name)  # an unknown job is a ValidationException
         jobs.stop(name)
         return EmptyResult()
 
     def update_training_job(self: SageMakerResponse) -> ActionResult:
+        """Only what the workbook updates: a warm pool's KeepAlivePeriodInSeconds."""
         name = self._get_param("TrainingJobName")
         self.sagemaker_backend.describe_training_job(name)
         job = self.sagemaker_backend.training_jobs[name]
