@@ -137,3 +137,23 @@ def training_curves(runs: Mapping[str, Mapping[str, list[tuple[int, float]]]]) -
         figure.suptitle(f"Largest difference between the runs at one step: {gap:.3g}")
     figure.tight_layout()
     return figure
+
+
+def plain_decimal(value: float, _position: object = None) -> str:
+    """A tick label such as 0.0001 or 1, never 1e-04 or a power of ten."""
+    return f"{value:.10f}".rstrip("0").rstrip(".")
+
+
+def learning_rate_finder(rates: list[float], losses: list[float], suggestion: float, default_lr: float) -> Figure:
+    """The learning-rate finder's loss against learning rate, with its suggestion and the default lr marked."""
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    axis.plot(rates, losses, color="C0")
+    axis.axvline(suggestion, color="C1", linestyle="--", label=f"the finder's suggestion: {suggestion:.2g}")
+    axis.axvline(default_lr, color="C2", linestyle=":", label=f"train.py's default lr: {default_lr:g}")
+    axis.set_xscale("log")
+    axis.xaxis.set_major_formatter(plain_decimal)
+    axis.xaxis.set_minor_formatter("")
+    axis.set(xlabel="learning rate (log scale)", ylabel="training loss (smoothed)", title="Learning-rate finder")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure

@@ -231,3 +231,22 @@ def test_training_curves_of_different_runs_say_how_far_apart_they_are() -> None:
 
     assert "coincide" not in figure.get_suptitle()
     assert "0.01" in figure.get_suptitle()
+
+
+def test_learning_rate_finder_marks_the_suggestion_and_the_default_on_plain_ticks() -> None:
+    rates = [1e-5 * 10 ** (5 * step / 99) for step in range(100)]
+    losses = [2.3 - 1.5 * (step > 40) * min(1.0, (step - 40) / 20) + 3.0 * (step > 85) for step in range(100)]
+
+    figure = plots.learning_rate_finder(rates, losses, suggestion=3e-3, default_lr=1e-2)
+    figure.canvas.draw()
+
+    (axis,) = figure.axes
+    curve, *markers = axis.get_lines()
+    assert list(curve.get_xdata()) == rates and list(curve.get_ydata()) == losses
+    assert {line.get_label(): line.get_xdata()[0] for line in markers} == {
+        "the finder's suggestion: 0.003": 3e-3, "train.py's default lr: 0.01": 1e-2
+    }
+    assert axis.get_xscale() == "log"
+    labels = [tick.get_text() for tick in axis.get_xticklabels() if tick.get_text()]
+    assert labels and all(plain_number(label) and "e" not in label for label in labels), labels
+    assert axis.get_xlabel() and axis.get_ylabel() and axis.get_title()
