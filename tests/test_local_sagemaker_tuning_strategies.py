@@ -185,6 +185,7 @@ CURVES = [[0.5, 0.7, 0.9], [0.6, 0.8, 0.85], [0.2, 0.3, 0.4]]  # running average
         ([0.4, 0.59], CURVES, False, False),  # minimising, 0.59 is better than 0.6
         ([0.4, 0.61], CURVES, False, True),
         ([0.1], [], True, False),  # nothing completed yet: nothing to compare with
+        ([], CURVES, True, False),  # the trial has not finished an epoch yet
         ([0.1, 0.1, 0.1, 0.1], CURVES, True, False),  # no completed trial reached epoch 4
         ([0.1, 0.2, 0.72], [*CURVES, [0.9]], True, False),  # median 0.7; counting the one-epoch trial would make it 0.725
     ],

@@ -284,8 +284,10 @@ def median_rule_stops(current: Sequence[float], completed: Sequence[Sequence[flo
     averages up to that epoch; completed trials with fewer epochs are not comparable and do not count.
     """
     epoch = len(current)
+    if epoch == 0:  # no epoch finished yet: nothing to compare
+        return False
     averages = [running_average(values, epoch) for values in completed if len(values) >= epoch]
-    if epoch == 0 or not averages:
+    if not averages:
         return False
     median = statistics.median(averages)
     return current[-1] < median if maximize else current[-1] > median
