@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nbformat
@@ -102,3 +103,66 @@ def test_parameters_are_read_as_json_when_they_can_be(text: str, expected: tuple
 def test_a_parameter_without_a_name_is_refused() -> None:
     with pytest.raises(Exception, match="NAME=VALUE"):
         run_notebooks.parse_parameter("=3")
+
+
+README_TABLE = """\
+# A workbook
+
+| notebook | what it does |
+| --- | --- |
+| [01 · Get the data](notebooks/01_data.ipynb) | fetches the digits and says which ones it got |
+| [02 · Train](notebooks/02_train.ipynb) | trains with `train.py` and tests the model |
+"""
+
+
+@pytest.fixture
+def described_notebooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Two notebooks that record results, and a README whose table describes them."""
+    readme = tmp_path / "README.md"
+    readme.write_text(README_TABLE)
+    monkeypatch.setattr(run_notebooks, "README", readme)
+    return notebooks_folder(tmp_path / "notebooks", monkeypatch, {
+        "01_data": ("X = 1", RECORD, "workbook.record(data='4,000 training and 1,000 test digits from http://127.0.0.1:1/', "
+                    "train_images=4000, exercise_1_answer=7)"),
+        "02_train": ("X = 1", RECORD, "workbook.record(test_accuracy=0.980400025844574, train_seconds=2.4123, "
+                     "images_per_second=2940, job_status='Completed')"),
+    })
+
+
+def test_index_says_what_each_notebook_does_with_which_aws_and_data_and_rounds_its_results(
+    described_notebooks: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "build"
+    assert run_notebooks.main(["--aws", "real", "--output", str(output)]) == 0
+
+    index = (output / "html" / "index.html").read_text()
+    readme_link = os.path.relpath(run_notebooks.README, output / "html")
+    assert f'<a href="{readme_link}">README</a>' in index
+    assert "AWS: AWS itself, with the credentials of this machine: what the notebooks started was billed to that account." in index
+    assert "Data: 4,000 training and 1,000 test digits from http://127.0.0.1:1/" in index
+    assert '<a href="01_data.html">01 · Get the data</a></td><td>fetches the digits and says which ones it got</td>' in index
+    assert "trains with <code>train.py</code> and tests the model" in index
+    assert "test accuracy 98.04 %" in index and "0.9804" not in index  # rounded, labelled, no raw float
+    assert "train seconds 2.41" in index and "images per second 2,940" in index and "job status Completed" in index
+    assert "train images 4,000" in index
+    assert "exercise" not in index  # the exercises' answers stay in the notebooks
+
+
+def test_a_notebook_missing_from_the_readme_table_says_so(described_notebooks: Path, tmp_path: Path) -> None:
+    write_notebook(described_notebooks / "03_new.ipynb", "X = 1")
+    output = tmp_path / "build"
+    run_notebooks.main(["--aws", "real", "--output", str(output), "03"])
+
+    index = (output / "html" / "index.html").read_text()
+    assert '<a href="03_new.html">03_new</a></td><td>(not in the notebook table of README.md)</td>' in index
+    assert "Data: (notebook 01 did not run)" in index
+
+
+def test_the_runner_starts_kernels_with_transport_encryption_so_they_print_no_warning(
+    two_notebooks: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    run_notebooks.main(["--aws", "real", "--output", str(tmp_path / "build"), "01"])
+
+    captured = capfd.readouterr()
+    assert "without encryption" not in captured.err + captured.out
+    assert captured.err == ""

@@ -16,6 +16,7 @@ import dataclasses
 import html
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,13 +25,25 @@ from pathlib import Path
 import nbformat
 import papermill
 from nbconvert import HTMLExporter
+from traitlets.config import Config
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
+README = REPO / "README.md"
 sys.path.insert(0, str(REPO / "code"))
 from workbook import RESULTS_MIME_TYPE  # noqa: E402 - code/ is a folder of modules, put on the path above
 
 EXECUTION_TIMEOUT_S = 1800
+# The kernels run with CurveZMQ-encrypted channels, provisioned by the kernel manager: over plain TCP
+# every ipykernel prints a warning to say so (ipykernel 7). "required" fails loudly where pyzmq lacks Curve.
+KERNEL_CONFIG = Config({"KernelManager": {"transport_encryption": "required"}})
+# A README table row: | [01 · Title](notebooks/01_name.ipynb) | what it does |
+README_ROW = re.compile(r"^\|\s*\[(?P<title>[^\]]+)\]\(notebooks/(?P<name>[^)]+)\.ipynb\)\s*\|\s*(?P<does>.+?)\s*\|\s*$", re.MULTILINE)
+AWS_STATEMENTS = {
+    "local": "the local AWS endpoint (moto on 127.0.0.1, started for this run): training jobs ran on this machine, "
+    "and nothing was billed.",
+    "real": "AWS itself, with the credentials of this machine: what the notebooks started was billed to that account.",
+}
 
 
 @dataclasses.dataclass
@@ -75,6 +88,7 @@ def execute_notebook(
             cwd=str(path.parent),
             execution_timeout=timeout_s,
             progress_bar=False,
+            config=KERNEL_CONFIG,
         )
     except papermill.PapermillExecutionError as failure:
         error = f"{failure.ename}: {failure.evalue}"
@@ -110,22 +124,53 @@ def aws_environment(aws: str, state_dir: Path) -> Iterator[None]:
             os.environ.update(saved)
 
 
-def index_page(runs: Sequence[NotebookRun], aws: str) -> str:
-    """An HTML page linking the executed notebooks in order, with each one's status, duration and results."""
+def readme_descriptions(readme: Path) -> dict[str, tuple[str, str]]:
+    """Each notebook's title and "what it does", from the README's table of notebooks (one source for both)."""
+    return {row["name"]: (row["title"], row["does"]) for row in README_ROW.finditer(readme.read_text())}
+
+
+def markdown_code(text: str) -> str:
+    """Escape text for HTML, turning `code` spans into <code> elements."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def result_text(name: str, value: object) -> str:
+    """A recorded result as a reader reads it: its name in words, accuracies in percent, numbers rounded."""
+    label = name.replace("_", " ")
+    if isinstance(value, float):
+        return f"{label} {value:.2%}".replace("%", " %") if "accuracy" in name else f"{label} {value:.3g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{label} {value:,}"
+    return f"{label} {value}"
+
+
+def index_page(runs: Sequence[NotebookRun], aws: str, readme: Path, html_dir: Path) -> str:
+    """An HTML page linking the executed notebooks in order: what each does, its status, duration and results.
+
+    It also says which AWS and which data the run used, and links the README. The data statement is the
+    one notebook 01 recorded; the exercises' answers stay in the notebooks.
+    """
+    descriptions = readme_descriptions(readme)
+    data = next((run.results["data"] for run in runs if "data" in run.results), "(notebook 01 did not run)")
     rows = []
     for run in runs:
-        results = ", ".join(f"{name} = {value}" for name, value in run.results.items())
+        title, does = descriptions.get(run.name, (run.name, "(not in the notebook table of README.md)"))
+        shown = {name: value for name, value in run.results.items() if name != "data" and not name.startswith("exercise_")}
+        results = "; ".join(result_text(name, value) for name, value in shown.items())
         rows.append(
-            f'<tr class="{run.status}"><td><a href="{html.escape(run.name)}.html">{html.escape(run.name)}</a></td>'
-            f"<td>{run.status}</td><td>{run.duration_s:.0f} s</td><td>{html.escape(results)}</td></tr>"
+            f'<tr class="{run.status}"><td><a href="{html.escape(run.name)}.html">{html.escape(title)}</a></td>'
+            f"<td>{markdown_code(does)}</td><td>{run.status}</td><td>{run.duration_s:.0f} s</td>"
+            f"<td>{html.escape(results)}</td></tr>"
         )
+    readme_link = html.escape(os.path.relpath(readme, html_dir))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>MNIST with PyTorch Lightning on Amazon SageMaker</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.3em .8em;text-align:left}}
+<style>body{{font-family:sans-serif;max-width:72em;margin:2em auto}}td,th{{padding:.3em .8em;text-align:left;vertical-align:top}}
 tr.failed{{background:#fdd}}</style></head><body>
 <h1>Handwritten digits with PyTorch Lightning on Amazon SageMaker</h1>
-<p>The executed notebooks, in reading order (AWS: {aws}).</p>
-<table><tr><th>notebook</th><th>status</th><th>duration</th><th>results</th></tr>
+<p>The executed notebooks, in reading order. Start with the <a href="{readme_link}">README</a>.</p>
+<p>AWS: {html.escape(AWS_STATEMENTS[aws])}<br>Data: {html.escape(str(data))}</p>
+<table><tr><th>notebook</th><th>what it does</th><th>status</th><th>duration</th><th>results</th></tr>
 {chr(10).join(rows)}
 </table></body></html>
 """
@@ -171,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs.append(run)
     summary = {"aws": args.aws, "notebooks": [dataclasses.asdict(run) for run in runs]}
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2))
-    (args.output / "html" / "index.html").write_text(index_page(runs, args.aws))
+    (args.output / "html" / "index.html").write_text(index_page(runs, args.aws, README, args.output / "html"))
     print(f"Wrote {args.output / 'summary.json'} and {args.output / 'html' / 'index.html'}")
     return 0 if all(run.status == "ok" for run in runs) else 1
 
