@@ -1,7 +1,8 @@
 """The one moto this package patches, and how a resource module replaces moto's SageMaker responses.
 
 moto 5.2.5 stores SageMaker requests and reports every resource finished at once; the resource modules
-replace the response methods of the operations they really run (CreateTrainingJob, ...). Those methods
+replace the response methods of the operations they really run (CreateTrainingJob, ...), and the hosting
+module those of sagemaker-runtime (InvokeEndpoint, on SageMakerRuntimeResponse). Those methods
 and the backend objects behind them are moto's internals, so any other moto version is refused here,
 before anything is patched.
 """
@@ -24,40 +25,46 @@ if moto.__version__ != MOTO_VERSION:
 
 # Only after the version check: these are the internals that the patches rely on.
 from moto.core.utils import utcnow  # noqa: E402,F401 - the timestamps moto's responses serialise
+from moto.core.responses import BaseResponse  # noqa: E402
 from moto.sagemaker.responses import SageMakerResponse  # noqa: E402
 
-Response = Callable[[SageMakerResponse], Any]
+Response = Callable[[Any], Any]
 
 
 @dataclasses.dataclass(frozen=True)
 class ResponsePatch:
-    """Overrides installed on SageMakerResponse, with moto's own methods (None where moto has none) kept."""
+    """Overrides installed on a moto response class, with moto's own methods (None where moto has none) kept."""
 
     originals: dict[str, Response | None]
+    response_class: type[BaseResponse] = SageMakerResponse
 
     def original(self, name: str) -> Response:
         """moto's own response method `name`, for an override that extends rather than replaces it."""
         method = self.originals[name]
         if method is None:
-            raise AttributeError(f"moto {MOTO_VERSION} has no SageMakerResponse.{name}: there is nothing to extend")
+            raise AttributeError(
+                f"moto {MOTO_VERSION} has no {self.response_class.__name__}.{name}: there is nothing to extend"
+            )
         return method
 
     def restore(self) -> None:
         """Put moto's own methods back, and remove the operations moto lacks (the endpoint is going away)."""
         for name, original in self.originals.items():
             if original is None:
-                delattr(SageMakerResponse, name)
+                delattr(self.response_class, name)
             else:
-                setattr(SageMakerResponse, name, original)
+                setattr(self.response_class, name, original)
 
 
-def override_responses(overrides: Mapping[str, Response]) -> ResponsePatch:
-    """Install response methods on SageMakerResponse by name (e.g. "create_training_job"); return the patch.
+def override_responses(
+    overrides: Mapping[str, Response], response_class: type[BaseResponse] = SageMakerResponse
+) -> ResponsePatch:
+    """Install response methods on SageMakerResponse (or response_class) by name, e.g. "create_training_job".
 
     moto calls the method named after the operation, so a name moto lacks (it answers such operations
     as not implemented, e.g. "stop_training_job") adds the operation.
     """
-    patch = ResponsePatch({name: vars(SageMakerResponse).get(name) for name in overrides})
+    patch = ResponsePatch({name: vars(response_class).get(name) for name in overrides}, response_class)
     for name, method in overrides.items():
-        setattr(SageMakerResponse, name, method)
+        setattr(response_class, name, method)
     return patch
