@@ -20,12 +20,14 @@ absolute figures (shared machines are noisy):
    dropout, fc 9216-128-10, Adadelta with StepLR): training images per second, and the test accuracy it
    reaches in the wall time our fit took.
 5. Workbook: each notebook's run time from build/summary.json (`make tutorial`), when it exists.
-6. Memory: peak resident memory of `code/train.py` run as a process, as SageMaker runs it.
+6. Memory: peak resident memory of `code/train.py` run as a process, as SageMaker runs it; and of a fresh
+   process that runs only train.py's import statements (torch, Lightning, the workbook's modules).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import dataclasses
 import datetime
@@ -37,7 +39,6 @@ import os
 import platform
 import re
 import shutil
-import resource
 import statistics
 import subprocess
 import sys
@@ -602,6 +603,53 @@ def workbook_section(summary: Path) -> dict:
     }
 
 
+# Starts the measured command and writes [exit status, ru_maxrss] to the file named first. A child's ru_maxrss
+# counts what it held between fork and exec, a copy of its parent: started by this process (torch, moto, data
+# loaded) every child would measure at least this process's size, so a fresh interpreter of ~10 MB starts it.
+LAUNCHER = (
+    "import json, os, subprocess, sys\n"
+    "child = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, usage = os.wait4(child.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(json.dumps([os.waitstatus_to_exitcode(status), usage.ru_maxrss]))\n"
+)
+
+
+def run_measured(command: list[str], **popen: object) -> tuple[int, float]:
+    """Run a command to its end from a small launcher; return its exit status and peak resident memory in MB."""
+    with tempfile.TemporaryDirectory(prefix="rss-") as folder:
+        report = Path(folder) / "usage.json"
+        subprocess.run([sys.executable, "-I", "-c", LAUNCHER, str(report), *command], check=True, **popen)
+        status, maxrss = json.loads(report.read_text())
+    return status, maxrss / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS, KiB on Linux
+
+
+# Run after a script's imports: the third-party top-level modules they loaded, as one JSON line.
+REPORT_LOADED = (
+    "import json, sys; print(json.dumps(sorted({name.split('.')[0] for name in sys.modules if not name.startswith('_')}"
+    " - set(sys.stdlib_module_names) - set(sys.builtin_module_names))))"
+)
+
+
+def import_memory(script: Path) -> dict:
+    """Peak memory of a fresh Python process (-I: no user site, no PYTHON* variables) running only `script`'s imports.
+
+    The benchmark's own process cannot tell: it has also imported moto, boto3 and torchvision.
+    """
+    tree = ast.parse(script.read_text(), filename=str(script))
+    statements = [ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+                  and not (isinstance(node, ast.ImportFrom) and node.module == "__future__")]
+    program = "\n".join([f"import sys; sys.path.insert(0, {str(script.parent)!r})", *statements, REPORT_LOADED])
+    with tempfile.TemporaryFile("w+") as output:
+        status, peak_mb = run_measured([sys.executable, "-I", "-c", program], stdout=output, stderr=subprocess.STDOUT)
+        output.seek(0)
+        printed = output.read()
+    if status != 0:
+        raise RuntimeError(f"importing what {script} imports failed with status {status}:\n{printed[-3000:]}")
+    own = {path.stem for path in script.parent.glob("*.py")}
+    loaded = [name for name in json.loads(printed.splitlines()[-1]) if name not in own]
+    return {"statements": statements, "peak_rss_mb": peak_mb, "third_party_loaded": loaded}
+
+
 def memory_section(recipe: dict[str, object], train_dir: Path, test_dir: Path, run_dir: Path) -> dict:
     """Section 6: run code/train.py as SageMaker does (SM_* variables of a CPU container) and read its peak memory."""
     # run_dir stands for /opt/ml: the local SageMaker's container contract, with the channels copied in.
@@ -619,22 +667,20 @@ def memory_section(recipe: dict[str, object], train_dir: Path, test_dir: Path, r
     log = run_dir / "train.log"
     start = time.perf_counter()
     with open(log, "w") as output:
-        process = subprocess.Popen(
+        status, peak_mb = run_measured(
             [sys.executable, str(REPO / "code" / "train.py"), *arguments], stdout=output, stderr=subprocess.STDOUT, env=env, cwd=run_dir
         )
-    # wait4 gives this one child's resource usage: ru_maxrss is its peak resident set.
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
     wall_s = time.perf_counter() - start
     text = log.read_text()
-    if process.returncode != 0:
-        raise RuntimeError(f"{command} exited with status {process.returncode}:\n{text[-3000:]}")
+    if status != 0:
+        raise RuntimeError(f"{command} exited with status {status}:\n{text[-3000:]}")
     found = re.findall(r"test_acc=([0-9.]+);", text)
     return {
         "command": command,
-        "peak_rss_mb": usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10),  # bytes on macOS, KiB on Linux
+        "peak_rss_mb": peak_mb,
         "wall_seconds": wall_s,
         "test_accuracy": float(found[-1]) if found else None,
+        "imports": import_memory(REPO / "code" / "train.py"),
     }
 
 
@@ -674,7 +720,8 @@ def table(result: dict) -> str:
     if book["notebooks"]:
         rows += [("", f"  {name}", f"{seconds:.1f} s", "", "") for name, seconds in book["notebooks"].items()]
     rows.append(("6 memory", f"peak RSS of {mem['command']}", f"{mem['peak_rss_mb']:.0f} MB", "", ""))
-    rows.append(("", "  of which importing torch and Lightning (this process, after its imports)", f"{m['import_rss_mb']:.0f} MB", "", ""))
+    rows.append(("", "  of which importing what train.py imports (a fresh process that imports only that)",
+                 f"{mem['imports']['peak_rss_mb']:.0f} MB", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     header = (
         f"MNIST workbook benchmark ({result['mode']}), {result['date']}: {m['cpu_model']}, {m['usable_cores']} cores, "
@@ -700,8 +747,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for code/train.py's process in section 6
     info = machine() | {"import_seconds": seconds_since_start()}
-    # Peak resident memory of this process after its imports: most of a training run's peak is this.
-    info["import_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
 
     def progress(message: str) -> None:
         print(f"[{seconds_since_start():5.1f} s] {message}", file=sys.stderr, flush=True)
