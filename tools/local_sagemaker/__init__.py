@@ -8,6 +8,9 @@ over shared pieces that follow SageMaker's own contract:
 | module             | SageMaker                                                                           |
 | ------------------ | ----------------------------------------------------------------------------------- |
 | `training_jobs.py` | training jobs: Create/Stop/UpdateTrainingJob, attempts, RetryStrategy, statuses     |
+| `tuning_jobs.py`   | hyperparameter tuning jobs: Create/Describe/Stop, trials as training jobs, counters  |
+| `tuning_strategies.py` | how a tuning job picks its trials: Random, Grid, Bayesian; early stopping       |
+| `framework_container.py` | jobs without ContainerEntrypoint, as the framework images run sagemaker_program |
 | `container.py`     | the training container's contract: /opt/ml, its config files, the SM_* variables    |
 | `s3_io.py`         | channel downloads from S3, checkpoint and TensorBoard syncs, model.tar.gz packing   |
 | `processes.py`     | the container's processes: mount namespace, SIGTERM, grace period, SIGKILL          |
@@ -29,7 +32,7 @@ from pathlib import Path
 from typing import Protocol
 
 # The modules whose install(state_dir) overrides moto's responses for one kind of SageMaker resource.
-RESOURCE_MODULES = ("training_jobs",)
+RESOURCE_MODULES = ("training_jobs", "tuning_jobs")
 
 
 class Resource(Protocol):

@@ -9,11 +9,13 @@ endpoint's own process (`local_aws.py serve`) so that a training job:
    `sm_drivers` channels included), model/, output/data/, and the checkpoint (filled from the
    CheckpointConfig S3 URI) and TensorBoard folders when the job asks for them (s3_io.py);
 2. runs the job's own container command (ContainerEntrypoint + ContainerArguments; SDK 3's ModelTrainer
-   starts sm_train.sh from the sm_drivers channel), with root rights in a private mount namespace where
-   that folder is bound onto /opt/ml (processes.py). Where unshare is not permitted, the job's log says so
-   and the runner falls back to running the entry script directly, with the SM_* variables that the SDK's
-   drivers would export pointing into the folder (and CHECKPOINT_DIR at its checkpoint folder). Either
-   way the job's Python is this environment's interpreter: its folder comes first on PATH;
+   starts sm_train.sh from the sm_drivers channel; a job without one, as a tuning job's trial, runs the
+   way the framework images run sagemaker_program: framework_container.py), with root rights in a private
+   mount namespace where that folder is bound onto /opt/ml (processes.py). Where unshare is not permitted,
+   the job's log says so and the runner falls back to running the entry script directly, with the SM_*
+   variables that the SDK's drivers would export pointing into the folder (and CHECKPOINT_DIR at its
+   checkpoint folder). Either way the job's Python is this environment's interpreter: its folder comes
+   first on PATH;
 3. streams the output, line by line, to CloudWatch Logs and evaluates the metric definitions over it
    (job_logs.py);
 4. syncs the checkpoint and TensorBoard folders to S3 while it runs and once more at the end;
@@ -44,7 +46,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-from . import container, job_logs, processes, s3_io
+from . import container, framework_container, job_logs, processes, s3_io
 from .moto_patch import override_responses, utcnow
 
 from moto.core.responses import ActionResult, EmptyResult  # noqa: E402,I001 - after moto_patch's version check
@@ -362,13 +364,19 @@ class TrainingJobRun(threading.Thread):
         """The command, environment and working folder of the job's container."""
         spec = self.request["AlgorithmSpecification"]
         entrypoint, arguments = spec.get("ContainerEntrypoint"), spec.get("ContainerArguments") or []
-        if not entrypoint:
-            raise JobError("ClientError: the local runner needs a ContainerEntrypoint (SourceCode jobs have one)")
         environment = container.system_environment(self.region, {
             "TRAINING_JOB_NAME": self.job_name,
             "TRAINING_JOB_ARN": self.job.arn,
             **(self.request.get("Environment") or {}),
         })
+        if not entrypoint:  # a tuning job's trial: the framework container's launcher runs sagemaker_program
+            try:
+                return framework_container.command(
+                    ml, self.s3, environment, use_namespace=self.use_namespace, num_gpus=container.gpu_count(),
+                    checkpoint_dir=self.checkpoint_dir(ml),
+                )
+            except ValueError as error:
+                raise JobError(f"ClientError: {error}") from error
         if self.use_namespace:
             return processes.in_namespace(ml.root, [*entrypoint, *arguments]), environment, ml.root
         return self.direct_command(ml, environment)
