@@ -22,6 +22,7 @@ import mnist_data
 import mnist_model
 import run_notebooks
 import tb_logs
+import train
 from local_aws import LocalAWS
 from support import aws_clients, free_port, wait_for
 
@@ -99,7 +100,10 @@ def test_02_checks_the_model_before_training(workbook) -> None:
 def test_03_trains_a_model_that_recognises_held_out_real_digits(workbook, mirror_dir: Path) -> None:
     results = run_of(workbook, "03_train_locally").results
     assert results["test_accuracy"] >= 0.90
-    assert results["images_per_second"] > 0
+    # The throughput is of the images trained on: the mirror's training digits less the validation share, twice.
+    train_digits = len(mnist_data.load_split(mirror_dir, "train")[1])
+    trained = (train_digits - round(train_digits * train.Hyperparameters().val_fraction)) * 2
+    assert results["images_per_second"] * results["train_seconds"] == pytest.approx(trained, rel=0.02)
     # Check the saved model independently of what the notebook reported.
     run_dir = workbook["run_dir"]
     model = mnist_model.load_model(run_dir / "model" / "model.pt")
