@@ -14,7 +14,7 @@ import moto
 import pytest
 from botocore.client import BaseClient
 
-from local_sagemaker import container, framework_container
+from local_sagemaker import container, framework_container, processes
 from support import TEST_CREDENTIALS
 
 BUCKET = "framework-container-tests"
@@ -148,7 +148,8 @@ def test_in_a_namespace_the_container_sees_opt_ml(s3: BaseClient, tmp_path: Path
     command, environment, cwd = framework_container.command(
         ml, s3, {}, use_namespace=True, num_gpus=0, checkpoint_dir=None
     )
-    assert command[:3] == ["unshare", "--mount", "--net"] and str(ml.root) in command
+    # processes.in_namespace's command: the mount namespace (the host's network comes from hosts.JobNetwork).
+    assert command == processes.in_namespace(ml.root, command[command.index(str(ml.root)) + 1:])
     arguments = framework_container.framework_script(HYPERPARAMETERS).arguments()
     assert command[-(len(arguments) + 2):] == ["/opt/ml/code", "show.py", *arguments]
     assert cwd == ml.root and "CHECKPOINT_DIR" not in environment

@@ -134,7 +134,9 @@ def test_killed_by_sigkill_reads_each_level_of_the_exit_status(returncode: int, 
 def test_in_namespace_binds_the_folder_onto_opt_ml_and_runs_the_command(tmp_path: Path) -> None:
     command = processes.in_namespace(tmp_path, ["python", "train.py", "--epochs", "1"])
 
-    assert command[:3] == ["unshare", "--mount", "--net"]
+    # Only the mount namespace: the network (private to the job's hosts) is the host's, from hosts.JobNetwork,
+    # whose isolation tests/test_local_sagemaker_hosts.py checks.
+    assert command[:3] == ["unshare", "--mount", "/bin/sh"]
     assert command[-5:] == [str(tmp_path), "python", "train.py", "--epochs", "1"]
     if not processes.namespace_permitted():
         pytest.skip("unshare is not permitted here (not root): the command cannot run")

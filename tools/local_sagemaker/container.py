@@ -109,6 +109,7 @@ class TrainingContainer:
     hyperparameters: Mapping[str, str] = dataclasses.field(default_factory=dict)
     hosts: tuple[str, ...] = DEFAULT_HOSTS
     current_host: str = DEFAULT_HOSTS[0]
+    network_interface: str = NETWORK_INTERFACE  # the interface on which the hosts reach each other
 
     def __post_init__(self) -> None:
         if self.current_host not in self.hosts:
@@ -170,7 +171,7 @@ class TrainingContainer:
             "instance_groups": [
                 {"instance_group_name": INSTANCE_GROUP, "instance_type": self.instance_type, "hosts": hosts}
             ],
-            "network_interface_name": NETWORK_INTERFACE,
+            "network_interface_name": self.network_interface,
         }
 
     def create(self) -> None:
@@ -215,7 +216,7 @@ class TrainingContainer:
             "SM_HOSTS": json.dumps(hosts),
             "SM_HOST_COUNT": str(len(hosts)),
             "SM_CURRENT_HOST_RANK": str(hosts.index(self.current_host)),
-            "SM_NETWORK_INTERFACE_NAME": NETWORK_INTERFACE,
+            "SM_NETWORK_INTERFACE_NAME": self.network_interface,
             "SM_MASTER_ADDR": hosts[0],
             "SM_MASTER_PORT": str(MASTER_PORT),
             "SM_NUM_CPUS": str(num_cpus if num_cpus is not None else os.cpu_count()),

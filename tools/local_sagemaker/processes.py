@@ -3,8 +3,8 @@
 - A container's command runs as its own process group, so that everything it starts (a shell, SDK 3's
   driver, the script, the script's workers) can be signalled and waited for together.
 - With root rights it runs in a private mount namespace where the job's folder is bound onto /opt/ml
-  (`unshare --mount --net`, so it also has no network, as with network isolation). The mount needs an
-  empty /opt/ml to mount onto: it is created once, as the images have it.
+  (`unshare --mount`), inside the host's own namespaces and the job's private network (hosts.py). The
+  mount needs an empty /opt/ml to mount onto: it is created once, as the images have it.
 - Stopping follows SageMaker: SIGTERM to the algorithm (the processes doing the work, not the shell and
   driver above them), then SIGKILL to whatever is left when the grace period (120 s) has passed.
 - This process becomes the reaper of the groups' orphans, so that the end of a process is seen at once.
@@ -32,13 +32,15 @@ POLL_S = 0.05
 
 
 def namespace_permitted() -> bool:
-    """Whether this process may give a container a private mount and network namespace (root, CAP_SYS_ADMIN).
+    """Whether this process may give containers private namespaces (root, CAP_SYS_ADMIN): mount, network, hostname
+    and PID, as hosts.py gives each host of a job.
 
     When it may, the empty mount point /opt/ml is created (once, as the images have it).
     """
-    if shutil.which("unshare") is None or shutil.which("mount") is None:
+    if any(shutil.which(tool) is None for tool in ("unshare", "nsenter", "mount", "ip")):
         return False
-    probe = subprocess.run(["unshare", "--mount", "--net", "true"], capture_output=True, check=False)
+    flags = ["--mount", "--net", "--uts", "--pid", "--fork", "--mount-proc"]
+    probe = subprocess.run(["unshare", *flags, "ip", "link", "set", "lo", "up"], capture_output=True, check=False)
     if probe.returncode != 0:
         return False
     try:
@@ -49,9 +51,12 @@ def namespace_permitted() -> bool:
 
 
 def in_namespace(root: Path, command: Sequence[str]) -> list[str]:
-    """The command that runs `command` in a private mount and network namespace, with root bound onto /opt/ml."""
+    """The command that runs `command` in a private mount namespace, with root bound onto /opt/ml.
+
+    Its network, hostname and PID namespace are the host's: hosts.JobNetwork.host_command wraps this command.
+    """
     bind = f'mount --bind "$1" {CONTAINER_ROOT} && shift && exec "$@"'
-    return ["unshare", "--mount", "--net", "/bin/sh", "-c", bind, "sh", str(root), *command]
+    return ["unshare", "--mount", "/bin/sh", "-c", bind, "sh", str(root), *command]
 
 
 def adopt_orphans() -> None:

@@ -46,8 +46,25 @@ class FolderSync:
         self.s3, self.folder = s3, folder
         self.bucket, prefix = split_s3_uri(uri)
         self.prefix = prefix.rstrip("/") + "/" if prefix else ""
-        self.seen: dict[str, tuple[int, int]] = {}
-        self.uploaded: dict[str, tuple[int, int]] = {}
+        # What the folder holds when the sync starts came from the prefix (the checkpoints SageMaker downloads
+        # before training): uploading it again could put one host's stale copy over another host's newer file.
+        self.uploaded: dict[str, tuple[int, int]] = dict(self.signatures())
+        self.seen = dict(self.uploaded)
+
+    def signatures(self) -> list[tuple[str, tuple[int, int]]]:
+        """Each file below the folder (a path relative to it) with its size and modification time, as it is now."""
+        found = []
+        if not self.folder.is_dir():
+            return found
+        for path in sorted(self.folder.rglob("*")):
+            try:
+                if not path.is_file():
+                    continue
+                stat = path.stat()
+            except FileNotFoundError:  # replaced or removed by the job since the listing
+                continue
+            found.append((path.relative_to(self.folder).as_posix(), (stat.st_size, stat.st_mtime_ns)))
+        return found
 
     def push(self, final: bool = False) -> list[str]:
         """Upload what changed and return those keys; while the job runs, only files unchanged since the last push.
@@ -56,19 +73,9 @@ class FolderSync:
         `final` (the job has ended) uploads every change at once.
         """
         pushed = []
-        if not self.folder.is_dir():
-            return pushed
-        for path in sorted(self.folder.rglob("*")):
-            try:
-                if not path.is_file():
-                    continue
-                stat = path.stat()
-            except FileNotFoundError:  # replaced or removed by the job since the listing
-                continue
-            relative = path.relative_to(self.folder).as_posix()
-            signature = (stat.st_size, stat.st_mtime_ns)
+        for relative, signature in self.signatures():
             if self.uploaded.get(relative) != signature and (final or self.seen.get(relative) == signature):
-                self.s3.upload_file(str(path), self.bucket, self.prefix + relative)
+                self.s3.upload_file(str(self.folder / relative), self.bucket, self.prefix + relative)
                 self.uploaded[relative] = signature
                 pushed.append(self.prefix + relative)
             self.seen[relative] = signature

@@ -4,26 +4,29 @@ moto 5.2.5 stores a CreateTrainingJob request, reports the job `Completed` at on
 request (Environment, RetryStrategy, the metric definitions). `install()` overrides its responses in the
 endpoint's own process (`local_aws.py serve`) so that a training job:
 
-1. reports `InProgress` and gets a folder with the layout SageMaker gives the container under /opt/ml
-   (container.py): the config files, input/data/<channel>/ downloaded from S3 (SDK 3's `code` and
+1. reports `InProgress` and gets, for each of its hosts algo-1 ... algo-N (ResourceConfig.InstanceCount,
+   hosts.py), a folder with the layout SageMaker gives the container under /opt/ml (container.py): the config files, input/data/<channel>/ downloaded from S3 (SDK 3's `code` and
    `sm_drivers` channels included), model/, output/data/, and the checkpoint (filled from the
    CheckpointConfig S3 URI) and TensorBoard folders when the job asks for them (s3_io.py);
 2. runs the job's own container command (ContainerEntrypoint + ContainerArguments; SDK 3's ModelTrainer
    starts sm_train.sh from the sm_drivers channel; a job without one, as a tuning job's trial, runs the
    way the framework images run sagemaker_program: framework_container.py), with root rights in a private
-   mount namespace where that folder is bound onto /opt/ml (processes.py). Where unshare is not permitted,
+   mount namespace where that folder is bound onto /opt/ml (processes.py), as its host on the job's private
+   network, where the names algo-1 ... algo-N resolve (hosts.py). Where unshare is not permitted,
    the job's log says so and the runner falls back to running the entry script directly, with the SM_*
    variables that the SDK's drivers would export pointing into the folder (and CHECKPOINT_DIR at its
    checkpoint folder). Either way the job's Python is this environment's interpreter: its folder comes
-   first on PATH;
-3. streams the output, line by line, to CloudWatch Logs and evaluates the metric definitions over it
-   (job_logs.py);
+   first on PATH (and a job on several instances is refused: its hosts need the private network);
+3. streams each host's output, line by line, to CloudWatch Logs (a stream per host) and evaluates the metric
+   definitions over it (job_logs.py);
 4. syncs the checkpoint and TensorBoard folders to S3 while it runs and once more at the end;
-5. ends `Completed` (model/ as model.tar.gz and output/data as output.tar.gz in S3), `Failed` (FailureReason
-   from output/failure and the log's last error) or `Stopped` (StopTrainingJob, or MaxRuntimeInSeconds:
-   SIGTERM to the training process, SIGKILL to whatever is left after SageMaker's grace period of 120 s).
-   An attempt ended by SIGKILL from outside (what a lost or reclaimed instance looks like) is retried when
-   the job has a RetryStrategy; the new attempt starts from the checkpoints that reached S3.
+5. ends `Completed` when every host has exited 0 (every host's model/ together as model.tar.gz and output/data
+   as output.tar.gz in S3), `Failed` when a host fails (FailureReason from its output/failure and its log's last
+   error; the other hosts are killed at once) or `Stopped` (StopTrainingJob, or MaxRuntimeInSeconds: SIGTERM
+   to every host's training process, SIGKILL to whatever is left after SageMaker's grace period of 120 s).
+   An attempt in which a host was ended by SIGKILL from outside (what a lost or reclaimed instance looks like)
+   is retried when the job has a RetryStrategy: the whole job, every host starting from the checkpoints that
+   reached S3.
 
 Every status change goes through `TrainingJobStatus`, under one lock: a StopTrainingJob that arrives as the
 job ends either stops it or is refused, as SageMaker refuses a stop of a job that is no longer InProgress.
@@ -31,6 +34,7 @@ job ends either stops it or is refused, as SageMaker refuses a stop of a job tha
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -46,7 +50,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-from . import container, framework_container, job_logs, processes, s3_io
+from . import container, framework_container, hosts, job_logs, processes, s3_io
 from .moto_patch import override_responses, utcnow
 
 from moto.core.responses import ActionResult, EmptyResult  # noqa: E402,I001 - after moto_patch's version check
@@ -56,7 +60,6 @@ from moto.sagemaker.responses import SageMakerResponse  # noqa: E402
 
 logger = logging.getLogger("local_sagemaker.training_jobs")
 
-SYNC_INTERVAL_S = 1.0
 # The parts of the CreateTrainingJob request that the runner needs (moto keeps only some of them).
 REQUEST_FIELDS = (
     "TrainingJobName",
@@ -183,13 +186,15 @@ class TrainingJobRun(threading.Thread):
         self.job_name: str = request["TrainingJobName"]
         self.job_dir = jobs_dir / self.job_name
         self.stop_requested = threading.Event()
-        self.group: processes.ProcessGroup | None = None
-        self.group_lock = threading.Lock()  # the run thread starts groups; stop and shutdown signal them
+        self.running: hosts.RunningHosts | None = None
+        self.running_lock = threading.Lock()  # the run thread starts the hosts; stop and shutdown signal them
         self.container_seconds = 0.0
         session = boto3.session.Session()  # one per job: boto3's default session is not shared across threads
         self.region = session.region_name
         self.s3 = session.client("s3")
-        self.log = job_logs.JobLog(session.client("logs"), self.job_name, metric_regexes)
+        self.host_names = hosts.host_names(int(request["ResourceConfig"].get("InstanceCount", 1)))
+        logs = session.client("logs")
+        self.logs = {name: job_logs.JobLog(logs, self.job_name, metric_regexes, host=name) for name in self.host_names}
         self.status = TrainingJobStatus(job)
         self.status.start(request)
 
@@ -205,7 +210,7 @@ class TrainingJobRun(threading.Thread):
             logger.exception("training job %s: the local runner failed", self.job_name)
             reason = f"InternalServerError: local runner: {error!r}"
             outcome = Outcome("Failed", "Failed", "Training job failed", reason)
-        self.status.finish(outcome, self.log.final_metric_data(), self.container_seconds)
+        self.status.finish(outcome, self.final_metric_data(), self.container_seconds)
         logger.info("training job %s: %s %s", self.job_name, outcome.status, outcome.reason or "")
 
     def run_attempts(self) -> Outcome:
@@ -224,26 +229,46 @@ class TrainingJobRun(threading.Thread):
             f"InternalServerError: the training instance was lost (SIGKILL) in each of {retries + 1} attempt(s)",
         )
 
+    def final_metric_data(self) -> list[dict[str, Any]]:
+        """FinalMetricDataList: the last value of each metric in any host's log (the hosts of train.py print the same)."""
+        latest: dict[str, dict[str, Any]] = {}
+        for log in self.logs.values():
+            for metric in log.final_metric_data():
+                if metric["MetricName"] not in latest or metric["Timestamp"] >= latest[metric["MetricName"]]["Timestamp"]:
+                    latest[metric["MetricName"]] = metric
+        return list(latest.values())
+
     def run_attempt(self, attempt: int) -> Outcome:
-        """Build a fresh /opt/ml, run the container command in it, and sync or upload what it produced."""
-        ml = self.training_container(self.job_dir / f"attempt-{attempt}")
+        """Build a fresh /opt/ml per host, run the hosts' container commands, and sync or upload what they produced."""
+        if len(self.host_names) > 1 and not self.use_namespace:
+            raise JobError(
+                f"ClientError: a job on {len(self.host_names)} instances needs the hosts' private network, which takes "
+                "namespaces (unshare as root); this endpoint runs jobs directly: use InstanceCount 1"
+            )
+        attempt_dir = self.job_dir / f"attempt-{attempt}"
+        attempt_hosts = [hosts.Host(self.training_container(attempt_dir / name, name), self.logs[name]) for name in self.host_names]
         self.status.set_secondary("Downloading", "Downloading input data")
-        self.prepare(ml)
+        for host in attempt_hosts:
+            self.prepare(host.container)
+            host.syncs = self.folder_syncs(host.container)
         if self.stop_requested.is_set():
             return Outcome("Stopped", "Stopped", "Training job stopped before it started")
         self.status.training_started()
         self.status.set_secondary("Training", "Training image download completed. Training in progress.")
-        syncs = self.folder_syncs(ml)
-        returncode, stopped_why = self.run_container(ml, syncs)
-        if stopped_why is None and returncode != 0 and processes.killed_by_sigkill(returncode):
-            return Outcome("Interrupted", "Interrupted", f"Attempt {attempt} was killed (exit status {returncode})")
-        for sync in syncs:
-            sync.push(final=True)
-        if stopped_why is None and returncode != 0:
-            reason = job_logs.failure_reason(ml.failure_file, self.log.tail, returncode)
+        end = self.run_containers(attempt_dir, attempt_hosts)
+        failed = end.first_failure
+        if end.stopped_why is None and failed is not None and processes.killed_by_sigkill(failed.returncode):
+            message = f"Attempt {attempt} was interrupted: {failed.name} was killed (exit status {failed.returncode})"
+            return Outcome("Interrupted", "Interrupted", message)
+        for host in attempt_hosts:
+            for sync in host.syncs:
+                sync.push(final=True)
+        if end.stopped_why is None and failed is not None:
+            reason = job_logs.failure_reason(failed.container.failure_file, failed.log.tail, failed.returncode)
             return Outcome("Failed", "Failed", "Training job failed", reason)
         self.status.set_secondary("Uploading", "Uploading generated training model")
-        self.upload_outputs(ml)
+        self.upload_outputs(attempt_dir, attempt_hosts)
+        stopped_why = end.stopped_why
         if stopped_why == "MaxRuntimeExceeded":
             return Outcome("Stopped", "MaxRuntimeExceeded", "Training job stopped: it exceeded MaxRuntimeInSeconds")
         if stopped_why == "Stopped":
@@ -251,28 +276,24 @@ class TrainingJobRun(threading.Thread):
         return Outcome("Completed", "Completed", "Training job completed")
 
     def request_stop(self) -> None:
-        """StopTrainingJob: SIGTERM to the training process now; SIGKILL follows after the grace period."""
+        """StopTrainingJob: SIGTERM to every host's training process now; SIGKILL follows after the grace period."""
         self.status.request_stop()
         self.stop_requested.set()
-        self.terminate()
-
-    def terminate(self) -> None:
-        """Send SIGTERM, once per attempt, to the working processes of the running container."""
-        with self.group_lock:
-            if self.group is not None:
-                self.group.terminate()
+        with self.running_lock:
+            if self.running is not None:
+                self.running.terminate()
 
     def kill(self) -> None:
         """End every process of the job at once (the endpoint is shutting down)."""
         self.stop_requested.set()
-        with self.group_lock:
-            if self.group is not None:
-                self.group.kill()
+        with self.running_lock:
+            if self.running is not None:
+                self.running.kill()
 
     # --- the container's folders ----------------------------------------------------------------------------
 
-    def training_container(self, root: Path) -> container.TrainingContainer:
-        """The job's one host, algo-1, as its container sees it, with its /opt/ml under root."""
+    def training_container(self, root: Path, host: str) -> container.TrainingContainer:
+        """One host of the job, as its container sees it, with its /opt/ml under root."""
         default_mode = self.request["AlgorithmSpecification"]["TrainingInputMode"]
         channels = {}
         for channel in self.request.get("InputDataConfig") or []:
@@ -288,6 +309,10 @@ class TrainingJobRun(threading.Thread):
             instance_type=self.request["ResourceConfig"]["InstanceType"],
             channels=channels,
             hyperparameters=self.request.get("HyperParameters") or {},
+            hosts=self.host_names,
+            current_host=host,
+            # On the hosts' private network they reach each other over the loopback (hosts.py).
+            network_interface=hosts.NETWORK_INTERFACE if self.use_namespace else container.NETWORK_INTERFACE,
         )
 
     def mapped_folder(self, ml: container.TrainingContainer, config_field: str, default: str) -> Path | None:
@@ -335,9 +360,12 @@ class TrainingJobRun(threading.Thread):
     def download_channel(self, channel: dict[str, Any], target: Path) -> None:
         """Download an S3Prefix channel in File mode; anything else is refused with SageMaker's kind of error."""
         source = channel["DataSource"].get("S3DataSource")
+        name = channel["ChannelName"]
         if source is None or source.get("S3DataType") != "S3Prefix" or channel.get("CompressionType", "None") != "None":
-            name = channel["ChannelName"]
             raise JobError(f"ClientError: channel {name!r}: the local runner reads only uncompressed S3Prefix channels")
+        if source.get("S3DataDistributionType") == "ShardedByS3Key" and len(self.host_names) > 1:
+            raise JobError(f"ClientError: channel {name!r}: the local runner gives every host all of a channel "
+                           "(FullyReplicated); it does not shard channels by S3 key")
         target.mkdir(parents=True, exist_ok=True)
         if self.download(source["S3Uri"], target) == 0:
             raise JobError(f'ClientError: No S3 objects found under S3 URL "{source["S3Uri"]}" of the input channel')
@@ -351,12 +379,20 @@ class TrainingJobRun(threading.Thread):
         except ClientError as error:
             raise JobError(f"ClientError: Data download failed: {uri}: {error}") from error
 
-    def upload_outputs(self, ml: container.TrainingContainer) -> None:
-        """model/ becomes model.tar.gz at ModelArtifacts; output/data becomes output.tar.gz beside it."""
+    def upload_outputs(self, attempt_dir: Path, attempt_hosts: list[hosts.Host]) -> None:
+        """Every host's model/ together becomes model.tar.gz at ModelArtifacts; output/data output.tar.gz beside it."""
         if self.request["OutputDataConfig"].get("CompressionType", "GZIP") != "GZIP":
             raise JobError("ClientError: the local runner packs the model only as model.tar.gz (CompressionType GZIP)")
+        merged = {}
+        for kind in ("model", "output-data"):
+            folders = {host.name: host.container.model_dir if kind == "model" else host.container.output_data_dir
+                       for host in attempt_hosts}
+            merged[kind] = attempt_dir / kind
+            for clash in hosts.merge_folders(folders, merged[kind]):
+                logger.warning("training job %s: %s in %s clashes with an earlier host's; the earlier one is kept",
+                               self.job_name, clash, kind)
         model_uri = self.job.model_artifacts["S3ModelArtifacts"]
-        s3_io.upload_outputs(self.s3, ml.model_dir, ml.output_data_dir, model_uri, work_dir=ml.root)
+        s3_io.upload_outputs(self.s3, merged["model"], merged["output-data"], model_uri, work_dir=attempt_dir)
 
     # --- the container command ------------------------------------------------------------------------------
 
@@ -397,41 +433,51 @@ class TrainingJobRun(threading.Thread):
         arguments = [part for name, value in ml.hyperparameters.items() for part in (f"--{name}", value)]
         return [sys.executable, entry_script, *arguments], environment | sm_environment, ml.channel_dir("code")
 
-    def run_container(self, ml: container.TrainingContainer, syncs: list[s3_io.FolderSync]) -> tuple[int, str | None]:
-        """Run the container command; return its exit status and why it was stopped (None when it was not)."""
-        command, environment, cwd = self.container_command(ml)
-        self.log.start_attempt(ml.root.with_suffix(".log"))
-        if not self.use_namespace:
-            self.log.write("[local runner] no private mount namespace (unshare not permitted): running the "
-                           f"entry script directly with SM_* variables under {ml.root}")
-        runtime_limit = (self.request.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
-        started = time.monotonic()
-        with self.group_lock:
-            if self.stop_requested.is_set():
-                self.log.end_attempt()
-                return 0, "Stopped"
-            group = self.group = processes.ProcessGroup(command, cwd, environment)
-        reader = threading.Thread(target=self.log.pump, args=(group.output,), daemon=True)
-        reader.start()
-        stopped_why = None
-        while group.poll(SYNC_INTERVAL_S) is None:
-            for sync in syncs:
-                sync.push()
-            if stopped_why is None and self.stop_requested.is_set():
-                stopped_why = "Stopped"
-            elif stopped_why is None and runtime_limit and time.monotonic() - started > runtime_limit:
-                stopped_why = "MaxRuntimeExceeded"
-            if stopped_why:
-                self.terminate()
-        if stopped_why is None and self.stop_requested.is_set():
-            stopped_why = "Stopped"
-        returncode = group.wait()
-        reader.join()
-        self.log.end_attempt()
-        self.container_seconds += time.monotonic() - started
-        with self.group_lock:
-            self.group = None
-        return returncode, stopped_why
+    def run_containers(self, attempt_dir: Path, attempt_hosts: list[hosts.Host]) -> hosts.HostsEnd:
+        """Run every host's container command, on the job's private network; how they ended, and why they were stopped."""
+        with contextlib.ExitStack() as stack:
+            network = stack.enter_context(hosts.JobNetwork(attempt_dir, self.host_names)) if self.use_namespace else None
+            commands = {}
+            for host in attempt_hosts:
+                command, environment, cwd = self.container_command(host.container)
+                commands[host.name] = (network.host_command(host.name, command) if network else command, environment, cwd)
+            for host in attempt_hosts:
+                host.log.start_attempt(host.container.root.with_suffix(".log"))
+                stack.callback(host.log.end_attempt)
+                if not self.use_namespace:
+                    host.log.write("[local runner] no private mount namespace (unshare not permitted): running the "
+                                   f"entry script directly with SM_* variables under {host.container.root}")
+            runtime_limit = (self.request.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
+            started = time.monotonic()
+            with self.running_lock:
+                if self.stop_requested.is_set():
+                    return hosts.HostsEnd(None, "Stopped")
+                running = self.running = hosts.RunningHosts(attempt_hosts)
+                try:
+                    running.start(commands)
+                except BaseException:
+                    running.kill()  # the hosts started before the failure must not keep running
+                    raise
+
+            def should_stop() -> str | None:
+                if self.stop_requested.is_set():
+                    return "Stopped"
+                if runtime_limit and time.monotonic() - started > runtime_limit:
+                    return "MaxRuntimeExceeded"
+                return None
+
+            def sync() -> None:
+                for host in attempt_hosts:
+                    for folder_sync in host.syncs:
+                        folder_sync.push()
+
+            end = running.run(should_stop, sync)
+            if end.stopped_why is None and self.stop_requested.is_set():  # a stop that arrived as the hosts ended
+                end = dataclasses.replace(end, stopped_why="Stopped")
+            self.container_seconds += time.monotonic() - started
+            with self.running_lock:
+                self.running = None
+        return end
 
 
 class TrainingJobs:
