@@ -121,7 +121,8 @@ def training_curves(runs: Mapping[str, Mapping[str, list[tuple[int, float]]]]) -
         # Identical runs overlap exactly: later runs get larger hollow markers so that both stay visible.
         style = {"color": f"C{index}", "markersize": 5 + 4 * index, "markerfacecolor": "none" if index else None}
         if "train_loss" in scalars:
-            loss_axis.plot(*zip(*scalars["train_loss"]), ":", color=style["color"], label=f"{run} training")
+            hollow = {"marker": "s", "markersize": 2 + 2 * index, "markerfacecolor": "none"} if index else {}
+            loss_axis.plot(*zip(*scalars["train_loss"]), ":", color=style["color"], label=f"{run} training", **hollow)
         if "val_loss" in scalars:
             loss_axis.plot(*zip(*scalars["val_loss"]), "-o", label=f"{run} validation", **style)
         if "val_acc" in scalars:

@@ -225,6 +225,11 @@ def test_training_curves_draw_identical_runs_so_both_show_and_say_they_coincide(
     assert lines["sagemaker"].get_markersize() > lines["local"].get_markersize()
     assert lines["sagemaker"].get_markerfacecolor() == "none"
     assert "coincide" in figure.get_suptitle()
+    loss_axis = figure.axes[0]
+    training = {line.get_label(): line for line in loss_axis.get_lines() if line.get_label().endswith("training")}
+    # The training curves coincide too: the later one carries hollow markers, or the first would be hidden.
+    assert training["local training"].get_marker() in ("", "None", None)
+    assert training["sagemaker training"].get_marker() == "s" and training["sagemaker training"].get_markerfacecolor() == "none"
 
 
 def test_training_curves_of_different_runs_say_how_far_apart_they_are() -> None:
