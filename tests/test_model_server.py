@@ -467,3 +467,33 @@ def test_bad_settings_are_refused_before_anything_starts(tmp_path: Path) -> None
     ):
         with pytest.raises(ValueError, match=message):
             model_server.serve(tmp_path, environment=environment)
+
+
+# --- Workers slower to start than uvicorn's 5 s health check ----------------------------------------
+
+SLOW_INTERPRETER_START = '''
+"""Imported by every Python started with this folder on its path: each one starts STARTUP_DELAY_S late,
+as a worker importing torch does on a loaded machine, before uvicorn's health check can be answered."""
+import os
+import time
+
+time.sleep(float(os.environ.get("STARTUP_DELAY_S", "0")))
+'''
+
+
+def test_workers_slower_to_start_than_uvicorns_health_check_are_not_restarted(tmp_path: Path) -> None:
+    # uvicorn kills a worker that does not answer its health check within 5 s, and starts another, which
+    # is as slow: the model server must give its workers SageMaker's start-up time instead.
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    files = {"code/inference.py": BARRIER.encode(), "code/sitecustomize.py": SLOW_INTERPRETER_START.encode()}
+    model_dir = unpacked_model(tmp_path, files)
+    environment = {"MARKERS": str(markers), "BARRIER_TIMEOUT_S": "60", "STARTUP_DELAY_S": "6"}
+    log = tmp_path / "server.log"
+    server = model_server.serve(model_dir, workers=2, environment=environment, log_path=log, startup_timeout_s=120)
+    try:
+        wait_for(lambda: len(pids_marked(markers, "loaded")) == 2, "both workers to load the model")
+        assert "died" not in log.read_text()
+        assert len(pids_marked(markers, "loaded")) == 2  # each worker loaded the model once: none was replaced
+    finally:
+        assert stop_and_check_nothing_is_left(server) == 0

@@ -11,6 +11,9 @@ over shared pieces that follow SageMaker's own contract:
 | `tuning_jobs.py`   | hyperparameter tuning jobs: Create/Describe/Stop, trials as training jobs, counters  |
 | `tuning_strategies.py` | how a tuning job picks its trials: Random, Grid, Bayesian; early stopping       |
 | `framework_container.py` | jobs without ContainerEntrypoint, as the framework images run sagemaker_program |
+| `hosting.py`       | models, endpoint configs, real-time and serverless endpoints, InvokeEndpoint        |
+| `serving_container.py` | the inference container: model.tar.gz as /opt/ml/model, the image, its log      |
+| `model_server.py`  | the PyTorch serving container's model server: /ping, /invocations, the handlers     |
 | `container.py`     | the training container's contract: /opt/ml, its config files, the SM_* variables    |
 | `s3_io.py`         | channel downloads from S3, checkpoint and TensorBoard syncs, model.tar.gz packing   |
 | `processes.py`     | the container's processes: mount namespace, SIGTERM, grace period, SIGKILL          |
@@ -32,7 +35,7 @@ from pathlib import Path
 from typing import Protocol
 
 # The modules whose install(state_dir) overrides moto's responses for one kind of SageMaker resource.
-RESOURCE_MODULES = ("training_jobs", "tuning_jobs")
+RESOURCE_MODULES = ("training_jobs", "tuning_jobs", "hosting")
 
 
 class Resource(Protocol):

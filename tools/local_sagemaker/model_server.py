@@ -22,7 +22,8 @@ This server keeps that contract for a model folder laid out the same way:
 - SAGEMAKER_MODEL_SERVER_WORKERS worker processes (default 1 here; TorchServe's is one per vCPU), each
   loading the model and answering one invocation at a time, as TorchServe's workers do.
 - SAGEMAKER_CONTAINER_LOG_LEVEL (Python's numeric levels: 10 DEBUG, 20 INFO) sets the log level; log
-  lines go to stdout and stderr, for the hosting module to forward to CloudWatch Logs.
+  lines go to stdout and stderr, for the hosting module to forward to CloudWatch Logs (`serve`'s
+  `on_line`). A line per request (uvicorn's access log) is written at DEBUG only.
 - SAGEMAKER_SUBMIT_DIRECTORY is /opt/ml/model/code (what SageMaker SDKs set after repacking the code into
   the model) or unset; an S3 URI must be unpacked into the model's code/ by whoever starts the server.
 
@@ -49,13 +50,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import psutil
@@ -352,6 +354,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     uvicorn.run(
         f"{MODULE}:app_from_environment", factory=True, host=HOST, port=arguments.port,
         workers=worker_count(os.environ), log_level=log_level(os.environ), lifespan="on",
+        access_log=log_level(os.environ) <= logging.DEBUG,
+        # uvicorn replaces a worker that does not answer its health check within 5 s, but a spawned worker
+        # imports this module (torch) before it can answer: on a loaded machine every replacement was as
+        # late, and the server never started. Workers get SageMaker's start-up time instead.
+        timeout_worker_healthcheck=int(STARTUP_TIMEOUT_S),
     )
 
 
@@ -360,11 +367,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 @dataclass
 class ModelServer:
-    """A running model server: its URL, its process (the parent of its workers) and its log file."""
+    """A running model server: its URL, its process (the parent of its workers), its log file and log pump."""
 
     url: str
     process: subprocess.Popen
     log_path: Path | None
+    pump: threading.Thread | None = None  # forwards the output line by line when serve() was given on_line
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> int:
         """SIGTERM, as SageMaker stops a container, then SIGKILL to what is left after grace_s; the exit status."""
@@ -383,7 +391,14 @@ class ModelServer:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
         psutil.wait_procs(left, timeout=grace_s)
-        return self.process.wait()
+        returncode = self.process.wait()
+        self.drain()
+        return returncode
+
+    def drain(self) -> None:
+        """Wait until the log pump has forwarded the last line of an ended server."""
+        if self.pump is not None:
+            self.pump.join()
 
     def __enter__(self) -> ModelServer:
         return self
@@ -406,12 +421,15 @@ def serve(
     environment: Mapping[str, str] | None = None,
     log_path: Path | None = None,
     startup_timeout_s: float = STARTUP_TIMEOUT_S,
+    on_line: Callable[[str], None] | None = None,
 ) -> ModelServer:
     """Start the model server for an unpacked model folder; return once /ping answers 200.
 
     `environment` is the model's (CreateModel's Environment: SAGEMAKER_PROGRAM and the rest); `workers`,
     when given, sets SAGEMAKER_MODEL_SERVER_WORKERS. The server's output goes to log_path, or to this
-    process's stdout and stderr. Raises RuntimeError, naming the log's last line, if it ends before.
+    process's stdout and stderr; with `on_line`, each line is also handed to it as it is printed (the
+    hosting module sends them to CloudWatch Logs). Raises RuntimeError, naming the log's last line, if it
+    ends before.
     """
     model_dir = Path(model_dir).resolve()
     variables = dict(environment or {})
@@ -425,12 +443,20 @@ def serve(
     port = port or free_port()
     # -P: the working folder is not put on sys.path, so only code/ provides the handlers' modules.
     command = [sys.executable, "-P", "-m", MODULE, "--model-dir", str(model_dir), "--port", str(port)]
-    with open(log_path, "ab") if log_path else contextlib.nullcontext() as output:
-        process = subprocess.Popen(
-            command, cwd=model_dir, env=child_environment, stdin=subprocess.DEVNULL, stdout=output,
-            stderr=subprocess.STDOUT if output else None, start_new_session=True,  # its own process group
-        )
-    server = ModelServer(f"http://{HOST}:{port}", process, Path(log_path) if log_path else None)
+    output = open(log_path, "ab") if log_path else None
+    process = subprocess.Popen(
+        command, cwd=model_dir, env=child_environment, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if on_line else output, stderr=subprocess.STDOUT if output or on_line else None,
+        start_new_session=True,  # its own process group
+    )
+    pump = None
+    if on_line is not None:
+        pump = threading.Thread(target=_pump, args=(process.stdout, output, on_line), daemon=True,
+                                name=f"model-server log {port}")
+        pump.start()
+    elif output is not None:
+        output.close()  # the subprocess holds its own copy
+    server = ModelServer(f"http://{HOST}:{port}", process, Path(log_path) if log_path else None, pump)
     try:
         _wait_until_pinged(server, startup_timeout_s)
     except BaseException:
@@ -445,6 +471,7 @@ def _wait_until_pinged(server: ModelServer, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if (returncode := server.process.poll()) is not None:
+            server.drain()  # the log's last lines say why
             raise RuntimeError(f"the model server exited with status {returncode} before answering /ping"
                                f"{_why(server.log_path)}")
         with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
@@ -453,6 +480,19 @@ def _wait_until_pinged(server: ModelServer, timeout_s: float) -> None:
                     return
         time.sleep(POLL_S)
     raise RuntimeError(f"the model server did not answer /ping within {timeout_s:g} s{_why(server.log_path)}")
+
+
+def _pump(pipe: IO[bytes], copy: IO[bytes] | None, on_line: Callable[[str], None]) -> None:
+    """Copy the server's output to its log file and hand each line to on_line, until the server ends."""
+    with pipe, copy if copy is not None else contextlib.nullcontext():
+        for raw in iter(pipe.readline, b""):
+            if copy is not None:
+                copy.write(raw)
+                copy.flush()
+            try:
+                on_line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+            except Exception:  # a lost log line must not stop the pump: the server would block on a full pipe
+                logger.exception("the model server's log line could not be forwarded: %r", raw)
 
 
 def _why(log_path: Path | None) -> str:
