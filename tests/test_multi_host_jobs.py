@@ -26,36 +26,21 @@ from sagemaker.core.utils.exceptions import FailedStatusError
 from sagemaker.train.distributed import Torchrun
 from sagemaker.train.model_trainer import ModelTrainer
 
-import mnist_s3
 import sagemaker_job
 from local_aws import LocalAWS
 from local_sagemaker import processes
 from mnist_data import load_split
 from mnist_model import load_model, predict
-from support import aws_clients, epochs_in, wait_for
+from support import epochs_in, wait_for
+# The one-host tests' image, channels fixture (the mirror's digits in S3), clients and source: the same jobs' pieces.
+from test_training_jobs import IMAGE, channels, clients, train_py_without_requirements  # noqa: F401 - channels is a fixture
 
 pytestmark = pytest.mark.skipif(not processes.namespace_permitted(), reason="hosts need namespaces (root and unshare)")
 
-REPO = Path(__file__).resolve().parents[1]
-# Never pulled: the local runner runs the job's command with this environment's Python.
-IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch:2.14-cpu-amzn2023-sagemaker"
 TIMEOUT_S = 300
 HOSTS = ("algo-1", "algo-2")
 IMAGES, BATCH = 2048, 64
 STEPS_PER_EPOCH_ONE_HOST = IMAGES // BATCH  # a one-host run takes 32 steps per epoch; each of two hosts 16
-
-
-def clients(local_aws: LocalAWS) -> tuple:
-    """S3 and CloudWatch Logs clients of the local endpoint."""
-    return aws_clients(local_aws.endpoint_url, "s3", "logs")
-
-
-@pytest.fixture(scope="module")
-def channels(local_aws: LocalAWS, mirror_dir: Path) -> list[InputData]:
-    """The mirror's digits in S3, as the `train` and `test` input channels of a job."""
-    s3, _ = clients(local_aws)
-    uris = mnist_s3.upload_mnist(mirror_dir, local_aws.bucket, "multi-host/mnist", s3_client=s3, progress=False)
-    return [InputData(channel_name=name, data_source=uri) for name, uri in uris.items()]
 
 
 def two_host_trainer(
@@ -70,11 +55,6 @@ def two_host_trainer(
         base_job_name=base_job_name,
         **options,
     )
-
-
-def train_py() -> SourceCode:
-    """code/ as the notebooks upload it, minus the pip step (this environment already has the packages)."""
-    return sagemaker_job.source_code(REPO / "code").model_copy(update={"requirements": None})
 
 
 def host_streams(local_aws: LocalAWS, job_name: str) -> list[tuple[str, list[tuple[int, str]]]]:
@@ -144,7 +124,7 @@ def torchrun_job(local_aws: LocalAWS, channels: list[InputData], work: Path, ins
         for name, value in local_aws.env.items():  # the SDK finds the endpoint through these
             environment.setenv(name, value)
         trainer = two_host_trainer(
-            f"test-torchrun-{instance_count}", train_py(), {"epochs": 2, "max_train_images": IMAGES, "batch_size": BATCH},
+            f"test-torchrun-{instance_count}", train_py_without_requirements(), {"epochs": 2, "max_train_images": IMAGES, "batch_size": BATCH},
             instance_count=instance_count, distributed=Torchrun(),
         ).with_checkpoint_config(CheckpointConfig())
         trainer.train(input_data_config=channels, wait=False)
@@ -273,9 +253,10 @@ def test_a_failing_host_fails_the_job_within_seconds_and_leaves_no_process(local
 def test_a_lost_host_retries_the_whole_job_from_the_s3_checkpoint(
     local_aws_env: LocalAWS, channels: list[InputData], mirror_dir: Path, tmp_path: Path
 ) -> None:
-    epochs = 4
+    epochs = 3
     trainer = two_host_trainer(
-        "test-lost-host", train_py(), {"epochs": epochs, "max_train_images": 3600, "batch_size": BATCH}, distributed=Torchrun(),
+        "test-lost-host", train_py_without_requirements(), {"epochs": epochs, "max_train_images": IMAGES, "batch_size": BATCH},
+        distributed=Torchrun(),
     ).with_checkpoint_config(CheckpointConfig()).with_retry_strategy(RetryStrategy(maximum_retry_attempts=1))
     trainer.train(input_data_config=channels, wait=False)
     job = sagemaker_job.latest_job(trainer)
@@ -315,12 +296,13 @@ def test_stop_training_job_stops_both_hosts_and_leaves_last_ckpt_in_s3(
     local_aws_env: LocalAWS, channels: list[InputData], tmp_path: Path
 ) -> None:
     trainer = two_host_trainer(
-        "test-stop-hosts", train_py(), {"epochs": 10, "max_train_images": 3600, "batch_size": BATCH}, distributed=Torchrun(),
+        "test-stop-hosts", train_py_without_requirements(), {"epochs": 10, "max_train_images": IMAGES, "batch_size": BATCH},
+        distributed=Torchrun(),
     ).with_checkpoint_config(CheckpointConfig())
     trainer.train(input_data_config=channels, wait=False)
     job = sagemaker_job.latest_job(trainer)
     name = job.training_job_name
-    steps_per_epoch = 3600 // (BATCH * len(HOSTS)) + 1  # 28.1 rounded up: 29 steps per epoch on each host
+    steps_per_epoch = STEPS_PER_EPOCH_ONE_HOST // len(HOSTS)
 
     def epoch_1_printed() -> bool:
         return any(host == "algo-1" and epochs_in(text(events)) for host, events in host_streams(local_aws_env, name))
