@@ -14,6 +14,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from botocore.client import BaseClient
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullFormatter
 from sagemaker.core.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter, ParameterRange
 from sagemaker.core.resources import HyperParameterTuningJob, TrainingJob
 from sagemaker.core.shapes import HyperParameterTrainingJobSummary
@@ -167,6 +168,7 @@ def plot_trials(trials: Sequence[Trial]) -> Figure:
     figure, (by_lr, by_order) = plt.subplots(1, 2, figsize=(10, 3.5))
     by_lr.scatter([float(trial.hyperparameters["lr"]) for trial in scored], [trial.objective for trial in scored])
     by_lr.set_xscale("log")
+    by_lr.xaxis.set_minor_formatter(NullFormatter())  # labels at 2e-3, 3e-3, ... would overlap
     by_lr.set_xlabel("learning rate (lr)")
     by_lr.set_ylabel(OBJECTIVE)
     by_lr.set_title("Objective against learning rate")
@@ -174,6 +176,7 @@ def plot_trials(trials: Sequence[Trial]) -> Figure:
     by_order.plot([trial.started for trial in scored], [trial.objective for trial in scored], "o", label="trial")
     by_order.step([trial.started for trial in scored], best_so_far, where="post", label="best so far")
     by_order.set_xlabel("trial (in the order started)")
+    by_order.xaxis.set_major_locator(MaxNLocator(integer=True))
     by_order.set_ylabel(OBJECTIVE)
     by_order.set_title("Objective in trial order")
     by_order.legend()
