@@ -303,7 +303,9 @@ def accelerator_settings(num_gpus: int, processes: Processes = Processes()) -> d
     return settings
 
 
-def build_trainer(hp: Hyperparameters, paths: Paths, num_gpus: int, processes: Processes = Processes()) -> pl.Trainer:
+def build_trainer(
+    hp: Hyperparameters, paths: Paths, num_gpus: int, processes: Processes = Processes(), extra_callbacks: Sequence[Callback] = ()
+) -> pl.Trainer:
     """The Lightning Trainer of every run: checkpoints each epoch, TensorBoard logs, no per-step overhead."""
     checkpoints = ModelCheckpoint(
         dirpath=paths.checkpoints,
@@ -316,6 +318,7 @@ def build_trainer(hp: Hyperparameters, paths: Paths, num_gpus: int, processes: P
     callbacks = [checkpoints, SaveOnInterrupt(paths.checkpoints / LAST_CHECKPOINT), MetricLines()]
     if processes.world_size > 1:
         callbacks.append(StopTogether())
+    callbacks.extend(extra_callbacks)  # a benchmark's clock, a test's probe
     return pl.Trainer(
         max_epochs=hp.epochs,
         logger=TensorBoardLogger(paths.tensorboard, name="mnist", default_hp_metric=False),
@@ -355,10 +358,16 @@ class TrainingResult:
     trainer: pl.Trainer
 
 
-def fit(hp: Hyperparameters, paths: Paths, num_gpus: int = 0, processes: Processes = Processes()) -> TrainingResult:
+def fit(
+    hp: Hyperparameters,
+    paths: Paths,
+    num_gpus: int = 0,
+    processes: Processes = Processes(),
+    extra_callbacks: Sequence[Callback] = (),
+) -> TrainingResult:
     """Train (resuming from the last checkpoint when there is one), test, and save the model."""
     pl.seed_everything(hp.seed, verbose=False)
-    trainer = build_trainer(hp, paths, num_gpus, processes)
+    trainer = build_trainer(hp, paths, num_gpus, processes, extra_callbacks)
     train_split, test_split = paths.load_channels()
     data = MNISTDataModule(
         train_split,
@@ -386,13 +395,15 @@ def fit(hp: Hyperparameters, paths: Paths, num_gpus: int = 0, processes: Process
     return TrainingResult(model, metrics, model_path, trainer)
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> int:
+def main(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ, extra_callbacks: Sequence[Callback] = ()
+) -> int:
     """Entry point: parse the hyperparameters and train; a bad channel is one clear error line."""
     hp = parse_hyperparameters(sys.argv[1:] if argv is None else argv)
     paths = Paths.from_env(environ)
     try:
         processes = Processes.from_env(environ)
-        fit(hp, paths, int(environ.get("SM_NUM_GPUS", torch.cuda.device_count())), processes)
+        fit(hp, paths, int(environ.get("SM_NUM_GPUS", torch.cuda.device_count())), processes, extra_callbacks)
     except (ChannelError, ResumeMismatchError) as error:
         message = f"ERROR: {error}"
         print(message, file=sys.stderr)

@@ -44,15 +44,7 @@ class RecordBatches(pl.Callback):
 def main() -> int:
     """Run train.main with RecordBatches among the Trainer's callbacks."""
     record_dir, arguments = Path(sys.argv[1]), sys.argv[2:]
-    build_trainer = train.build_trainer
-
-    def build_recording_trainer(*args: object, **kwargs: object) -> pl.Trainer:
-        trainer = build_trainer(*args, **kwargs)
-        trainer.callbacks.append(RecordBatches(record_dir))
-        return trainer
-
-    train.build_trainer = build_recording_trainer
-    return train.main(arguments)
+    return train.main(arguments, extra_callbacks=[RecordBatches(record_dir)])
 
 
 if __name__ == "__main__":
