@@ -22,6 +22,11 @@ absolute figures (shared machines are noisy):
 5. Workbook: each notebook's run time from build/summary.json (`make tutorial`), when it exists.
 6. Memory: peak resident memory of `code/train.py` run as a process, as SageMaker runs it; and of a fresh
    process that runs only train.py's import statements (torch, Lightning, the workbook's modules).
+7. DDP under torchrun: the same training (data, seed, epochs, a global batch of 128 and so the same steps) as
+   one process with 2 threads against `torchrun --nproc_per_node 2` with 1 thread each, both through
+   tools/bench_ddp_worker.py: training images per second as a ratio, the absolute figures beside it, and the
+   collectives DDP adds to each step (an all-reduce of the gradients, the SIGTERM agreement) timed on their own.
+   Only CPUs: a GPU comparison needs two GPUs, which none of this project's machines has.
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ class Plan:
     throughput_steps: int  # timed training steps per model and repeat in section 4
     throughput_repeats: int
     max_budget_s: float | None  # cap on section 4's training time (else as long as our fit took)
+    ddp_recipe: dict[str, object]  # section 7's Hyperparameters overrides (the batch size is the section's)
 
 
 # The 5,000 digits are a twelfth of MNIST's training set: more passes over them than over full MNIST.
@@ -107,6 +113,7 @@ FULL = Plan(
     throughput_steps=20,
     throughput_repeats=3,
     max_budget_s=None,
+    ddp_recipe={"epochs": 3},
 )
 QUICK = Plan(
     recipe={"epochs": 1, "max_train_images": 600},
@@ -118,6 +125,7 @@ QUICK = Plan(
     throughput_steps=3,
     throughput_repeats=1,
     max_budget_s=0.5,
+    ddp_recipe={"epochs": 1, "max_train_images": 1280},
 )
 
 
@@ -650,9 +658,9 @@ def import_memory(script: Path) -> dict:
     return {"statements": statements, "peak_rss_mb": peak_mb, "third_party_loaded": loaded}
 
 
-def memory_section(recipe: dict[str, object], train_dir: Path, test_dir: Path, run_dir: Path) -> dict:
-    """Section 6: run code/train.py as SageMaker does (SM_* variables of a CPU container) and read its peak memory."""
-    # run_dir stands for /opt/ml: the local SageMaker's container contract, with the channels copied in.
+def cpu_container(run_dir: Path, train_dir: Path, test_dir: Path) -> dict[str, str]:
+    """A CPU training container's /opt/ml under run_dir, the channels copied in; the SM_* variables that point into it."""
+    # run_dir stands for /opt/ml: the local SageMaker's container contract.
     ml = TrainingContainer(
         root=run_dir, instance_type="ml.m5.xlarge", channels={split: channel_config() for split in SPLIT_FILES}
     )
@@ -661,7 +669,12 @@ def memory_section(recipe: dict[str, object], train_dir: Path, test_dir: Path, r
         ml.channel_dir(split).mkdir(parents=True)
         for name in SPLIT_FILES[split]:
             shutil.copyfile(source / name, ml.channel_dir(split) / name)
-    env = os.environ | ml.sm_environment(num_gpus=0, checkpoint_dir=run_dir / "checkpoints")
+    return ml.sm_environment(num_gpus=0, checkpoint_dir=run_dir / "checkpoints")
+
+
+def memory_section(recipe: dict[str, object], train_dir: Path, test_dir: Path, run_dir: Path) -> dict:
+    """Section 6: run code/train.py as SageMaker does (SM_* variables of a CPU container) and read its peak memory."""
+    env = os.environ | cpu_container(run_dir, train_dir, test_dir)
     arguments = [f"--{name}={value}" for name, value in recipe.items()]
     command = " ".join(["code/train.py", *arguments])
     log = run_dir / "train.log"
@@ -684,6 +697,64 @@ def memory_section(recipe: dict[str, object], train_dir: Path, test_dir: Path, r
     }
 
 
+# ---------------------------------------------------------------- 7: DDP under torchrun
+
+DDP_WORKER = REPO / "tools" / "bench_ddp_worker.py"
+DDP_GLOBAL_BATCH = 128  # images per optimiser step on both sides: 1 x 128 and 2 x 64
+DDP_SIDES = {"one_process": {"processes": 1, "threads": 2}, "two_processes": {"processes": 2, "threads": 1}}
+
+
+def ddp_run(side: str, recipe: dict[str, object], train_dir: Path, run_dir: Path) -> dict:
+    """One side of section 7 in a fresh /opt/ml: what bench_ddp_worker.py recorded (rank 0's figures)."""
+    processes, threads = DDP_SIDES[side]["processes"], DDP_SIDES[side]["threads"]
+    arguments = [*(f"--{name}={value}" for name, value in recipe.items()), f"--batch_size={DDP_GLOBAL_BATCH // processes}"]
+    record = run_dir / "record.json"
+    worker = [str(DDP_WORKER), str(record), *arguments]
+    command = [sys.executable, *worker]
+    if processes > 1:
+        command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={processes}", *worker]
+    # Section 7 sets the threads itself, whatever --threads says: they are what it compares.
+    env = os.environ | cpu_container(run_dir, train_dir, train_dir) | {"OMP_NUM_THREADS": str(threads), "GLOO_SOCKET_IFNAME": "lo"}
+    completed = subprocess.run(command, env=env, cwd=run_dir, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited with status {completed.returncode}:\n{completed.stderr[-3000:]}")
+    return json.loads(record.read_text())
+
+
+def ddp_section(plan: Plan, train_dir: Path, work: Path) -> dict:
+    """Section 7: 1 process x 2 threads against 2 processes x 1 thread (DDP), alternating; medians of each side."""
+    runs: dict[str, list[dict]] = {side: [] for side in DDP_SIDES}
+    for side in abba(plan.pairs):
+        name = "one_process" if side == "A" else "two_processes"
+        runs[name].append(ddp_run(name, plan.ddp_recipe, train_dir, Path(tempfile.mkdtemp(prefix=f"ddp-{name}-", dir=work))))
+    sides = {
+        name: DDP_SIDES[name] | {
+            "runs": side_runs,
+            "train_seconds": median([run["train_s"] for run in side_runs]),
+            "images_per_second": median([run["images"] / run["train_s"] for run in side_runs]),
+        }
+        for name, side_runs in runs.items()
+    }
+    ddp_runs = runs["two_processes"]
+    step_ms = median([run["train_s"] / run["steps"] for run in ddp_runs]) * 1000
+    gradient_ms = median([run["gradient_allreduce_s"] for run in ddp_runs]) * 1000
+    agreement_ms = median([run["flag_allreduce_s"] + run["flag_broadcast_s"] for run in ddp_runs]) * 1000
+    return {
+        "recipe": dict(plan.ddp_recipe),
+        "global_batch": DDP_GLOBAL_BATCH,
+        **sides,
+        "throughput_ratio": sides["two_processes"]["images_per_second"] / sides["one_process"]["images_per_second"],
+        "collectives_per_step": {
+            "gradient_values": ddp_runs[0]["gradient_values"],
+            "gradient_allreduce_ms": gradient_ms,
+            "sigterm_agreement_ms": agreement_ms,
+            "total_ms": gradient_ms + agreement_ms,
+            "step_ms": step_ms,
+            "share_of_step": (gradient_ms + agreement_ms) / step_ms,
+        },
+    }
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -698,6 +769,8 @@ def table(result: dict) -> str:
     """The compact table `make bench` prints."""
     s = result["sections"]
     tta, over, pipe, model, book, mem = (s[k] for k in ("time_to_accuracy", "lightning_overhead", "data_pipeline", "model_choice", "workbook", "memory"))
+    ddp = s["ddp"]
+    collectives = ddp["collectives_per_step"]
     met = {True: "yes", False: "NO", None: "-"}
     g = result["goals"]
 
@@ -722,6 +795,13 @@ def table(result: dict) -> str:
     rows.append(("6 memory", f"peak RSS of {mem['command']}", f"{mem['peak_rss_mb']:.0f} MB", "", ""))
     rows.append(("", "  of which importing what train.py imports (a fresh process that imports only that)",
                  f"{mem['imports']['peak_rss_mb']:.0f} MB", "", ""))
+    one, two = ddp["one_process"], ddp["two_processes"]
+    rows.append(("7 DDP under torchrun", f"2 processes x 1 thread {two['images_per_second']:.0f} img/s / 1 process x 2 threads "
+                 f"{one['images_per_second']:.0f} img/s, global batch {ddp['global_batch']}, {two['runs'][0]['steps']} steps",
+                 f"{ddp['throughput_ratio']:.2f}x", "", ""))
+    rows.append(("", f"  collectives per step: gradient all-reduce ({collectives['gradient_values']:,} values) "
+                 f"{collectives['gradient_allreduce_ms']:.2f} ms + SIGTERM agreement {collectives['sigterm_agreement_ms']:.2f} ms, "
+                 f"of a {collectives['step_ms']:.1f} ms step (fit time / steps)", f"{100 * collectives['share_of_step']:.1f} %", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     header = (
         f"MNIST workbook benchmark ({result['mode']}), {result['date']}: {m['cpu_model']}, {m['usable_cores']} cores, "
@@ -772,6 +852,8 @@ def main(argv: list[str] | None = None) -> int:
         progress("5 workbook, 6 memory")
         workbook = workbook_section(args.summary)
         memory = memory_section(plan.recipe, train_dir, test_dir or train_dir, work / "memory")
+        progress("7 DDP under torchrun")
+        ddp = ddp_section(plan, train_dir, work)
 
     figures = {
         "tta_accuracy": tta["test_accuracy"],
@@ -797,6 +879,8 @@ def main(argv: list[str] | None = None) -> int:
         "examples_images_per_second": model["examples_images_per_second"],
         "examples_test_accuracy_same_budget": model["examples_test_accuracy"],
         "peak_rss_mb": memory["peak_rss_mb"],
+        "ddp_throughput_ratio": ddp["throughput_ratio"],
+        "ddp_collectives_ms_per_step": ddp["collectives_per_step"]["total_ms"],
         "goals": {
             name: {"goal": GOALS[name], "met": goal_status(figures[name], GOALS[name], higher_is_better[name])}
             for name in figures
@@ -808,6 +892,7 @@ def main(argv: list[str] | None = None) -> int:
             "model_choice": model,
             "workbook": workbook,
             "memory": memory,
+            "ddp": ddp,
         },
     }
     result["bench_seconds"] = seconds_since_start()
