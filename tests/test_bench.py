@@ -154,3 +154,22 @@ def test_the_table_shows_the_figures_of_bench_json(quick_run: dict) -> None:
     assert f"{result['peak_rss_mb']:.0f} MB" in table_line(stdout, "6 memory")
     imports_line = table_line(stdout, "of which importing what train.py imports")
     assert f"{sections['memory']['imports']['peak_rss_mb']:.0f} MB" in imports_line
+
+
+def test_the_ddp_section_runs_the_same_training_on_one_process_and_on_two(quick_run: dict) -> None:
+    ddp = quick_run["result"]["sections"]["ddp"]
+    (one,), (two,) = ddp["one_process"]["runs"], ddp["two_processes"]["runs"]
+    recipe = bench.QUICK.ddp_recipe
+    # Measured inside each run: the processes and threads it had, and the batches it cut.
+    assert (one["world_size"], one["torch_threads"], one["batch_size_per_process"]) == (1, 2, 128)
+    assert (two["world_size"], two["torch_threads"], two["batch_size_per_process"]) == (2, 1, 64)
+    # The same data and global batch: the same images and optimiser steps on both sides.
+    assert one["images"] == two["images"] == recipe["epochs"] * recipe["max_train_images"]
+    assert one["steps"] == two["steps"] == recipe["epochs"] * math.ceil(recipe["max_train_images"] / ddp["global_batch"])
+    assert one["val_acc"] > 0.3 and two["val_acc"] > 0.3  # both learned (chance is 0.1): the ranks trained one model
+    collectives = ddp["collectives_per_step"]
+    assert collectives["gradient_values"] == count_parameters(bench.classifier(bench.train.Hyperparameters()))
+    total_s = quick_run["result"]["bench_seconds"]
+    assert is_time_within(one["train_s"], total_s) and is_time_within(two["train_s"], total_s)
+    assert 0 < collectives["gradient_allreduce_ms"] / 1000 < two["train_s"] / two["steps"]
+    assert f"{ddp['throughput_ratio']:.2f}x" in table_line(quick_run["stdout"], "7 DDP under torchrun")
