@@ -112,18 +112,22 @@ def latest_job(trainer: ModelTrainer) -> TrainingJob:
 
 def job_log(job: TrainingJob, *, logs_client: BaseClient | None = None) -> list[str]:
     """Every line of the job's CloudWatch log, stream by stream (one stream per instance), oldest first."""
+    return [line for lines in job_log_streams(job, logs_client=logs_client).values() for line in lines]
+
+
+def job_log_streams(job: TrainingJob, *, logs_client: BaseClient | None = None) -> dict[str, list[str]]:
+    """The lines of each of the job's log streams (`<job>/algo-K-<timestamp>`: one per instance and attempt), by name."""
     logs_client = logs_client or boto3.client("logs")
     streams = logs_client.get_paginator("describe_log_streams").paginate(
         logGroupName=JOB_LOG_GROUP, logStreamNamePrefix=f"{job.training_job_name}/"
     )
-    lines = []
+    lines: dict[str, list[str]] = {}
     for stream in (stream for page in streams for stream in page["logStreams"]):
-        token: dict[str, str] = {}
+        name, token = stream["logStreamName"], {}
+        lines[name] = []
         while True:
-            page = logs_client.get_log_events(
-                logGroupName=JOB_LOG_GROUP, logStreamName=stream["logStreamName"], startFromHead=True, **token
-            )
-            lines.extend(event["message"] for event in page["events"])
+            page = logs_client.get_log_events(logGroupName=JOB_LOG_GROUP, logStreamName=name, startFromHead=True, **token)
+            lines[name].extend(event["message"] for event in page["events"])
             if not page["events"]:
                 break
             token = {"nextToken": page["nextForwardToken"]}
