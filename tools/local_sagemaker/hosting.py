@@ -76,6 +76,8 @@ INVOCATION_TIMEOUT_S = 60.0  # SageMaker waits 60 s for a container's answer
 FORWARDED_HEADERS = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
 TARGET_VARIANT_HEADER = "X-Amzn-SageMaker-Target-Variant"
 WORKERS_VARIABLE = "SAGEMAKER_MODEL_SERVER_WORKERS"
+# InvokeEndpoint's largest request body: 6 MB for a real-time endpoint, 4 MB for a serverless one.
+MAX_BODY_BYTES = {False: 6 * 1024 * 1024, True: 4 * 1024 * 1024}
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Variant:
     name: str
     model_name: str
     weight: float
+    serverless: bool
     instances: list[Instance]
     turns: Any = field(init=False, repr=False)
 
@@ -108,10 +111,26 @@ class Variant:
 
 @dataclass
 class Deployment:
-    """The variants of one endpoint configuration, running."""
+    """The variants of one endpoint configuration, running, and how many requests are on their way to them."""
 
     config_name: str
     variants: dict[str, Variant]
+    in_flight: int = 0
+    idle: threading.Condition = field(default_factory=threading.Condition, repr=False)
+
+    def begin_request(self) -> None:
+        with self.idle:
+            self.in_flight += 1
+
+    def end_request(self) -> None:
+        with self.idle:
+            self.in_flight -= 1
+            self.idle.notify_all()
+
+    def wait_until_idle(self) -> None:
+        """Wait until every request that was sent to this deployment has been answered."""
+        with self.idle:
+            self.idle.wait_for(lambda: self.in_flight == 0)
 
     def choose(self, target_variant: str | None) -> Variant:
         """The variant a request goes to: the one it names, else one drawn by the variants' weights."""
@@ -226,7 +245,8 @@ class Hosting:
             for instance in instances:
                 instance.server.stop()
             raise
-        return Variant(name, variant["ModelName"], float(variant.get("InitialVariantWeight", 1.0)), instances)
+        weight = float(variant.get("InitialVariantWeight", 1.0))
+        return Variant(name, variant["ModelName"], weight, serverless, instances)
 
     def run_in_thread(self, target: Callable[[], None], name: str) -> None:
         """Run a creation or update in its own thread, as SageMaker answers before the endpoint is ready."""
@@ -272,8 +292,9 @@ class Hosting:
             old, endpoint.deployment = endpoint.deployment, deployment
             endpoint.fake.endpoint_config_name = config_name
             endpoint.fake.production_variants = endpoint.fake._process_production_variants(variants)
-        if old is not None:
-            old.stop()  # after the switch: requests already on their way to it are answered first
+        if old is not None:  # after the switch, no new request reaches it: those on their way are answered first
+            old.wait_until_idle()
+            old.stop()
         endpoint.set_status("InService")
         logger.info("endpoint %s now serves %s", endpoint.name, config_name)
 
@@ -303,16 +324,33 @@ class Hosting:
     def invoke(self, name: str, body: bytes, headers: Any) -> tuple[int, dict[str, str], bytes | str]:
         """InvokeEndpoint: the container's answer, or SageMaker's error for it."""
         endpoint = self.endpoints.get(name)
-        deployment = endpoint.deployment if endpoint is not None else None
-        if endpoint is None or deployment is None:
-            status = f" (it is {endpoint.fake.endpoint_status})" if endpoint is not None else ""
-            return runtime_error(400, "ValidationError",
-                                 f"Endpoint {name} of account {endpoint_account(endpoint)} not found.{status}")
+        if endpoint is None:
+            return runtime_error(400, "ValidationError", f"Endpoint {name} of account {endpoint_account(None)} not found.")
+        with endpoint.lock:  # the deployment cannot be switched between choosing it and counting the request
+            deployment = endpoint.deployment
+            if deployment is not None:
+                deployment.begin_request()
+        if deployment is None:
+            return runtime_error(400, "ValidationError", f"Endpoint {name} of account {endpoint_account(endpoint)} "
+                                                         f"not found. (it is {endpoint.fake.endpoint_status})")
+        try:
+            return self.send(endpoint, deployment, body, headers)
+        finally:
+            deployment.end_request()
+
+    def send(self, endpoint: HostedEndpoint, deployment: Deployment, body: bytes,
+             headers: Any) -> tuple[int, dict[str, str], bytes | str]:
+        """Send a request to one instance of the deployment's chosen variant; its answer as InvokeEndpoint's."""
         try:
             variant = deployment.choose(headers.get(TARGET_VARIANT_HEADER))
         except KeyError:
-            return runtime_error(400, "ValidationError", f"Endpoint {name} has no production variant "
+            return runtime_error(400, "ValidationError", f"Endpoint {endpoint.name} has no production variant "
                                                          f"{headers.get(TARGET_VARIANT_HEADER)!r}.")
+        limit = MAX_BODY_BYTES[variant.serverless]
+        if len(body) > limit:
+            kind = "a serverless endpoint" if variant.serverless else "InvokeEndpoint for a real-time endpoint"
+            return runtime_error(400, "ValidationError", f"The request body of {len(body):,} bytes exceeds the "
+                                                         f"{limit // (1024 * 1024)} MB limit of {kind}.")
         instance = variant.next_instance()
         forwarded = {header: headers[header] for header in FORWARDED_HEADERS if headers.get(header)}
         try:
@@ -352,8 +390,11 @@ def endpoint_account(endpoint: HostedEndpoint | None) -> str:
 
 
 def runtime_error(status: int, code: str, message: str, **fields: Any) -> tuple[int, dict[str, str], str]:
-    """A sagemaker-runtime error response as botocore parses it (rest-json: code in x-amzn-ErrorType)."""
-    headers = {"Content-Type": "application/json", "x-amzn-ErrorType": code}
+    """A sagemaker-runtime error response as botocore parses it (rest-json: code in x-amzn-ErrorType).
+
+    moto's server takes a response's status from its "status" header.
+    """
+    headers = {"Content-Type": "application/json", "x-amzn-ErrorType": code, "status": str(status)}
     return status, headers, json.dumps({"message": message, **fields})
 
 

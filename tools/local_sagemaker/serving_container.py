@@ -163,4 +163,4 @@ def start_model_server(
         return model_server.serve(model_dir, workers=workers, environment=environment, log_path=log_path,
                                   startup_timeout_s=startup_timeout_s, on_line=log.write)
     except (RuntimeError, ValueError) as error:  # the server ended, never answered /ping, or a setting is bad
-        raise ServingError(f"ClientError: the model server did not pass the ping health check: {error}") from error
+        raise ServingError(f"ClientError: the model server could not start: {error}") from error
