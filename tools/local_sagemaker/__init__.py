@@ -12,6 +12,7 @@ over shared pieces that follow SageMaker's own contract:
 | `tuning_strategies.py` | how a tuning job picks its trials: Random, Grid, Bayesian; early stopping       |
 | `framework_container.py` | jobs without ContainerEntrypoint, as the framework images run sagemaker_program |
 | `hosting.py`       | models, endpoint configs, real-time and serverless endpoints, InvokeEndpoint        |
+| `transform_jobs.py` | batch transform jobs: an S3 prefix through the model's handlers, `.out` objects    |
 | `serving_container.py` | the inference container: model.tar.gz as /opt/ml/model, the image, its log      |
 | `model_server.py`  | the PyTorch serving container's model server: /ping, /invocations, the handlers     |
 | `container.py`     | the training container's contract: /opt/ml, its config files, the SM_* variables    |
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Protocol
 
 # The modules whose install(state_dir) overrides moto's responses for one kind of SageMaker resource.
-RESOURCE_MODULES = ("training_jobs", "tuning_jobs", "hosting")
+RESOURCE_MODULES = ("training_jobs", "tuning_jobs", "hosting", "transform_jobs")
 
 
 class Resource(Protocol):
