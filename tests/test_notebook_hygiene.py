@@ -142,3 +142,89 @@ def test_last_markdown_cell_links_to_the_next_notebook(path: Path, after: Path) 
     last = markdown_sources(read(path))[-1]
 
     assert f"]({after.name})" in last
+
+
+# --- code listings and exercises ----------------------------------------------------------------------------
+
+
+def listing_targets(notebook: nbformat.NotebookNode) -> list[str]:
+    """The dotted names a notebook's code cells pass to show_source, e.g. "mnist_model.MNISTClassifier.forward"."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    targets = []
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        # IPython's own transformation first: a cell may hold %magics, which are not Python.
+        for node in ast.walk(ast.parse(TransformerManager().transform_cell(cell.source))):
+            called = getattr(node, "func", None)
+            if isinstance(node, ast.Call) and getattr(called, "id", getattr(called, "attr", None)) == "show_source":
+                (argument,) = node.args
+                targets.append(ast.unparse(argument))
+    return targets
+
+
+def resolve(dotted: str) -> object:
+    """The object a dotted name of code/ names: a module of code/, then attributes."""
+    import importlib
+
+    module, *attributes = dotted.split(".")
+    obj = importlib.import_module(module)
+    for attribute in attributes:
+        obj = getattr(obj, attribute)
+    return obj
+
+
+@each_notebook
+def test_every_listing_a_notebook_shows_names_code_that_exists_in_code(path: Path) -> None:
+    import code_listing
+
+    for dotted in listing_targets(read(path)):
+        shown = code_listing.listing(resolve(dotted))  # raises for a renamed object or one outside code/
+        assert shown["object"] == dotted, f"{path.name} lists {dotted}, which is defined as {shown['object']}"
+
+
+def test_the_chapters_that_teach_code_list_it_from_code() -> None:
+    listed = {path.name[:2]: set(listing_targets(read(path))) for path in NOTEBOOKS}
+
+    assert {
+        "mnist_model.build_network", "mnist_model.MNISTClassifier.forward", "mnist_model.MNISTClassifier.training_step",
+        "mnist_model.MNISTClassifier.validation_step", "mnist_model.MNISTClassifier.test_step",
+        "mnist_model.MNISTClassifier.configure_optimizers", "mnist_data.MNISTDataModule.setup",
+        "mnist_data.MNISTDataModule.train_dataloader",
+    } <= listed["02"]
+    assert {"train.build_trainer", "train.fit", "lr_finder.find_learning_rate"} <= listed["03"]
+
+
+def test_listing_targets_are_found_however_show_source_is_called() -> None:
+    cell = nbformat.v4.new_code_cell("show_source(a.B.c)\ncode_listing.show_source(d)\nprint(show)")
+
+    assert listing_targets(nbformat.v4.new_notebook(cells=[cell])) == ["a.B.c", "d"]
+
+
+def exercises(notebook: nbformat.NotebookNode) -> list[str]:
+    """The numbered items of the notebook's Exercises section (each item with its continuation lines)."""
+    (section,) = [source.split("## Exercises", 1)[1] for source in markdown_sources(notebook) if "## Exercises" in source]
+    section = section.split("\n#", 1)[0]  # up to the next heading
+    return re.findall(r"^\d+\. .*?(?=^\d+\. |\Z)", section, flags=re.MULTILINE | re.DOTALL)
+
+
+def solution_cells(notebook: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    """The code cells tagged `solution`."""
+    return [cell for cell in notebook.cells if "solution" in cell.metadata.get("tags", [])]
+
+
+@each_notebook
+def test_every_exercise_has_a_hint_and_a_collapsed_solution_that_the_run_executes(path: Path) -> None:
+    notebook = read(path)
+    items, solutions = exercises(notebook), solution_cells(notebook)
+
+    assert 2 <= len(items) <= 3, f"{path.name}: {len(items)} exercises"
+    assert [item.split(".")[0] for item in items if "*Hint:*" not in item] == []
+    assert len(solutions) == len(items)
+    for number, cell in enumerate(solutions, start=1):
+        assert cell.cell_type == "code", "a solution is code that the notebook's run executes (and the tests check)"
+        assert cell.metadata.get("jupyter", {}).get("source_hidden") is True
+        assert cell.source.startswith(f"# Solution {number}:")
+    exercises_at = next(index for index, cell in enumerate(notebook.cells) if "## Exercises" in cell.source)
+    assert all(notebook.cells.index(cell) > exercises_at for cell in solutions)

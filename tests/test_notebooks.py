@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import subprocess
 import sys
 import urllib.parse
@@ -15,15 +16,20 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import nbformat
 import pytest
 import torch
 
 import mnist_data
 import mnist_model
+import plots
+import run_context
 import run_notebooks
 import tb_logs
 import train
+from code_listing import LISTING_MIME_TYPE
 from local_aws import LocalAWS
+from notebook_outputs import offenders
 from support import aws_clients, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -233,3 +239,135 @@ def test_05_tensorboard_serves_the_values_the_notebook_plotted(workbook) -> None
         served = json.load(urllib.request.urlopen(f"{url}/data/plugin/scalars/scalars?{query}", timeout=10))
     assert [step for _, step, _ in served] == [step for step, _ in plotted["val_acc"]]
     assert [value for _, _, value in served] == pytest.approx([value for _, value in plotted["val_acc"]])
+
+
+def executed(name: str) -> nbformat.NotebookNode:
+    """The executed copy of a notebook, as the workbook fixture saved it."""
+    return nbformat.read(EXECUTED / "notebooks" / f"{name}.ipynb", as_version=4)
+
+
+def printed(notebook: nbformat.NotebookNode) -> str:
+    """Everything the notebook's cells printed to stdout."""
+    return "".join(output.text for cell in notebook.cells for output in cell.get("outputs", [])
+                   if output.output_type == "stream" and output.name == "stdout")
+
+
+def test_no_executed_notebook_shows_a_warning_a_start_up_log_a_stack_trace_or_a_long_output(workbook) -> None:
+    # Every notebook that exists, whoever writes it: the list names each offending cell and why.
+    found = []
+    for name in workbook["runs"]:
+        path = EXECUTED / "notebooks" / f"{name}.ipynb"
+        found.extend(offenders(executed(name), name) if path.is_file() else [f"{name}: no executed copy at {path}"])
+
+    assert found == []
+
+
+def test_every_listing_in_the_executed_workbook_is_its_file_as_it_is(workbook) -> None:
+    listed: dict[str, set[str]] = {}
+    for name in workbook["runs"]:
+        for cell in executed(name).cells:
+            for output in cell.get("outputs", []):
+                note = output.get("data", {}).get(LISTING_MIME_TYPE)
+                if note is None:
+                    continue
+                lines = (REPO / note["file"]).read_text().splitlines(keepends=True)
+                header = f"# {note['file']}, lines {note['first_line']}–{note['last_line']}\n"
+                assert output.data["text/plain"] == header + "".join(lines[note["first_line"] - 1 : note["last_line"]])
+                listed.setdefault(name, set()).add(note["object"])
+
+    assert {"mnist_model.MNISTClassifier.training_step", "mnist_model.MNISTClassifier.configure_optimizers",
+            "mnist_data.MNISTDataModule.setup"} <= listed["02_build_the_model"]
+    assert {"train.build_trainer", "train.fit"} <= listed["03_train_locally"]
+
+
+def test_01_states_the_data_it_loaded_its_count_and_its_source(workbook, mirror_dir: Path, mirror_url: str) -> None:
+    results = run_of(workbook, "01_download_and_explore").results
+    data_dir = workbook["data_dir"]
+    train_images, _ = mnist_data.load_split(data_dir, "train")
+    test_images, _ = mnist_data.load_split(data_dir, "test")
+    # The files it loaded are the mirror's, byte for byte: the source it names is where they came from.
+    assert {path.name: path.read_bytes() for path in data_dir.glob("*.gz")} == {
+        path.name: path.read_bytes() for path in mirror_dir.glob("*.gz")}
+
+    expected = run_context.DataStatement(len(train_images), len(test_images), (mirror_url,), full_mnist=False)
+    assert results["data"] == str(expected) and results["full_mnist"] is False
+    assert results["data"].startswith(f"{len(train_images):,} training and {len(test_images):,} test digits from {mirror_url}")
+    assert results["data"] + "\n" in printed(executed("01_download_and_explore"))
+
+
+def test_01_exercise_solutions(workbook) -> None:
+    results = run_of(workbook, "01_download_and_explore").results
+    images, labels = mnist_data.load_split(workbook["data_dir"], "train")
+    brightest = images.float().mean(dim=(1, 2)).argsort(descending=True)[:32]
+    first, whole = (torch.bincount(part.long(), minlength=10) / len(part) for part in (labels[:1000], labels))
+
+    assert results["exercise_1_fetched"] == ["t10k-labels-idx1-ubyte.gz"]
+    assert results["exercise_2_most_common_digit"] == int(torch.bincount(labels[brightest].long(), minlength=10).argmax())
+    assert results["exercise_3_largest_gap_points"] == pytest.approx((first - whole).abs().max().item() * 100, abs=0.01)
+
+
+def test_02_exercise_solutions(workbook) -> None:
+    results = run_of(workbook, "02_build_the_model").results
+
+    assert results["exercise_1_parameters"] == mnist_model.count_parameters(mnist_model.MNISTClassifier(width=8))
+    # With a softmax before cross_entropy, the loss cannot go below log(e + 9) - 1: what the solution says.
+    assert results["exercise_2_softmax_loss"] >= math.log(math.e + 9) - 1 - 1e-4
+    assert results["exercise_2_softmax_loss"] > 100 * results["overfit_loss"]
+    assert results["exercise_3_loss"] > 0.5 > 100 * results["overfit_loss"]  # lr 1.0 does not fit the batch
+
+
+def test_03_records_the_learning_rate_finders_suggestion_inside_its_search_range(workbook) -> None:
+    results = run_of(workbook, "03_train_locally").results
+    low, high = results["lr_finder_range"]
+
+    assert (low, high) == (1e-5, 1.0)
+    assert isinstance(results["lr_suggestion"], float) and low <= results["lr_suggestion"] <= high
+
+
+def test_03_exercise_solutions(workbook, mirror_dir: Path) -> None:
+    results = run_of(workbook, "03_train_locally").results
+    images, labels = mnist_data.load_split(mirror_dir, "test")
+    work = workbook["run_dir"].parent
+
+    for key, folder in (("exercise_1_test_accuracy", "one-epoch"), ("exercise_2_test_accuracy", "suggested-lr")):
+        model = mnist_model.load_model(work / folder / "model" / "model.pt")
+        assert results[key] == pytest.approx((mnist_model.predict(model, images) == labels).float().mean().item(), abs=1e-6)
+    assert results["exercise_1_test_accuracy"] >= 0.85
+    trained_with = tb_logs.read_hyperparameters(work / "suggested-lr" / "output" / "tensorboard")
+    assert trained_with["lr"] == pytest.approx(results["lr_suggestion"])
+    checkpoint = torch.load(workbook["run_dir"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert results["exercise_3_checkpoint_epoch"] == checkpoint["epoch"] == 1  # EPOCHS = 2, counted from 0
+
+
+def test_04_exercise_solutions(workbook, local_aws: LocalAWS) -> None:
+    results = run_of(workbook, "04_train_on_sagemaker").results
+    logs, sagemaker = aws_clients(local_aws.endpoint_url, "logs", "sagemaker")
+    job_name = results["model_data"].split("/")[-3]
+    group = "/aws/sagemaker/TrainingJobs"
+    (stream,) = logs.describe_log_streams(logGroupName=group, logStreamNamePrefix=f"{job_name}/")["logStreams"]
+    lines = [event["message"] for event in logs.get_log_events(
+        logGroupName=group, logStreamName=stream["logStreamName"], startFromHead=True)["events"]]
+    (test_line,) = [line for line in lines if line.startswith("test_loss=")]
+    billable = sagemaker.describe_training_job(TrainingJobName=job_name)["BillableTimeInSeconds"]
+
+    assert results["exercise_1_test_loss"] == float(test_line.split(";")[0].removeprefix("test_loss="))
+    assert results["exercise_2_cost_usd"] == {
+        "ml.m5.xlarge": round(billable / 3600 * 0.23, 4), "ml.g4dn.xlarge": round(billable / 3600 * 0.74, 4)}
+    assert results["exercise_3_largest_difference"] < 1e-5  # the log's lines carry what metrics.json holds
+
+
+def test_05_exercise_solutions(workbook) -> None:
+    results = run_of(workbook, "05_review_tensorboard_logs").results
+    local = tb_logs.read_scalars(workbook["run_dir"] / "output" / "tensorboard")
+    job = tb_logs.read_scalars(workbook["job_logs"])
+    smoothed = local["train_loss"][0][1]
+    for _, value in local["train_loss"][1:]:
+        smoothed = 0.6 * smoothed + 0.4 * value
+
+    assert results["exercise_1_last_smoothed"] == pytest.approx(smoothed)
+    assert results["exercise_2_peak_lr"] == pytest.approx(1e-2, rel=0.01)  # the one-cycle peak is train.py's lr
+    assert results["exercise_2_last_lr"] < results["exercise_2_peak_lr"] / 10  # and it anneals
+    rises = {name: any(b > a for (_, a), (_, b) in zip(s["val_loss"], s["val_loss"][1:])) for name, s in
+             (("local", local), ("sagemaker", job))}
+    assert results["exercise_3_overfits"] == rises
+    assert results["curve_gap"] == plots.curve_gap({"local": local, "sagemaker": job})  # what the figure's title says
