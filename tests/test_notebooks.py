@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 import torch
 
@@ -25,6 +26,7 @@ import mnist_model
 import plots
 import run_context
 import run_notebooks
+import sagemaker_job
 import tb_logs
 import train
 from code_listing import LISTING_MIME_TYPE
@@ -56,6 +58,15 @@ def workbook(
             "LOCAL_MODEL_DIR": str(run_dir / "model"),
             "DEPLOY_DIR": str(work / "deploy"),
             "LATENCY_REQUESTS": 20,
+        },
+        "09_tune_hyperparameters": {
+            **common,
+            "S3_PREFIX": "mnist",
+            "MAX_JOBS": 4,
+            "MAX_PARALLEL_JOBS": 2,
+            "EPOCHS": 1,
+            "MODEL_DIR": str(work / "tuning-best-model"),
+            "BASELINE_MODEL_DIR": str(work / "tuning-baseline-model"),
         },
     }
     runs = {}
@@ -371,3 +382,50 @@ def test_05_exercise_solutions(workbook) -> None:
              (("local", local), ("sagemaker", job))}
     assert results["exercise_3_overfits"] == rises
     assert results["curve_gap"] == plots.curve_gap({"local": local, "sagemaker": job})  # what the figure's title says
+
+
+def test_09_tunes_four_trials_two_at_a_time_and_scores_the_best_model_beside_notebook_04s(
+    workbook, local_aws: LocalAWS, mirror_dir: Path, tmp_path: Path
+) -> None:
+    results = run_of(workbook, "09_tune_hyperparameters").results
+    (sagemaker,) = aws_clients(local_aws.endpoint_url, "sagemaker")
+    (summary,) = sagemaker.list_hyper_parameter_tuning_jobs(NameContains="mnist-tune")["HyperParameterTuningJobSummaries"]
+    name = summary["HyperParameterTuningJobName"]
+    tuning_job = sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+    assert tuning_job["HyperParameterTuningJobStatus"] == results["tuning_job_status"] == "Completed"
+    assert tuning_job["HyperParameterTuningJobConfig"]["ResourceLimits"]["MaxParallelTrainingJobs"] == 2
+    assert tuning_job["TrainingJobStatusCounters"]["Completed"] == results["trials"] == 4
+    best = tuning_job["BestTrainingJob"]
+    assert best["FinalHyperParameterTuningJobObjectiveMetric"]["Value"] == results["best_objective"]
+    trials = sagemaker.list_training_jobs_for_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+    assert max(t["FinalHyperParameterTuningJobObjectiveMetric"]["Value"] for t in trials["TrainingJobSummaries"]) \
+        == results["best_objective"]
+    # The best model, checked independently of the notebook: it loads with weights_only=True and scores as said.
+    job = sagemaker.describe_training_job(TrainingJobName=best["TrainingJobName"])
+    model_files = sagemaker_job.download_model(job["ModelArtifacts"]["S3ModelArtifacts"], tmp_path,
+                                               s3_client=aws_clients(local_aws.endpoint_url, "s3")[0])
+    model = mnist_model.load_model(next(path for path in model_files if path.name == mnist_model.MODEL_FILE))
+    images, labels = mnist_data.load_split(mirror_dir, "test")
+    accuracy = (mnist_model.predict(model, images) == labels).float().mean().item()
+    assert accuracy >= 0.90 and accuracy == pytest.approx(results["best_test_accuracy"], abs=1e-6)
+    assert model.hparams.width == int(best["TunedHyperParameters"]["width"])
+    # Beside it, notebook 04's job scored on the same digits.
+    assert results["baseline_test_accuracy"] == pytest.approx(run_of(workbook, "04_train_on_sagemaker").results["test_accuracy"])
+    assert results["trial_seconds"] == pytest.approx(
+        sum((t["TrainingEndTime"] - t["TrainingStartTime"]).total_seconds() for t in trials["TrainingJobSummaries"]), abs=0.5)
+
+
+def test_09_exercise_solutions(workbook, local_aws: LocalAWS) -> None:
+    results = run_of(workbook, "09_tune_hyperparameters").results
+    (sagemaker,) = aws_clients(local_aws.endpoint_url, "sagemaker")
+    (summary,) = sagemaker.list_hyper_parameter_tuning_jobs(NameContains="mnist-tune")["HyperParameterTuningJobSummaries"]
+    best = sagemaker.describe_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=summary["HyperParameterTuningJobName"])["BestTrainingJob"]
+    assert results["exercise_1_decades"] == round(math.log10(float(best["TunedHyperParameters"]["lr"]) / train.Hyperparameters().lr), 3)
+    rng = np.random.default_rng(0)
+    linear, logarithmic = rng.uniform(0.001, 0.05, 12), 10 ** rng.uniform(math.log10(0.001), math.log10(0.05), 12)
+    expected = {"linear": int((linear < 0.01).sum()), "logarithmic": int((logarithmic < 0.01).sum())}
+    assert results["exercise_2_below_0_01"] == expected
+    assert results["exercise_2_below_0_01"]["logarithmic"] > results["exercise_2_below_0_01"]["linear"]
+    # MAX_JOBS=4 trials of the average length: the 4 trials' seconds, at $0.23 an hour, 70% off.
+    assert results["exercise_3_spot_usd"] == pytest.approx(results["trial_seconds"] / 3600 * 0.23 * 0.3, abs=1e-4)
