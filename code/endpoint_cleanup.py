@@ -1,5 +1,7 @@
 """Delete what a deployment created: the endpoint, its endpoint configuration and its models.
 
+`delete_models` deletes models that no endpoint serves, such as the one a batch transform job used.
+
 A SageMaker endpoint bills by the hour until it is deleted. The clean-up starts from the endpoint that the
 deploy call returned (not from a name computed earlier, which a re-run cell may have changed), reads its
 endpoint configuration and models from SageMaker itself (DescribeEndpoint, DescribeEndpointConfig),
@@ -53,6 +55,19 @@ def delete_deployment(endpoint: Any, sagemaker_client: Any | None = None) -> lis
     resources = _deployed_resources(client, endpoint_name, getattr(endpoint, "endpoint_config_name", None))
     lines = [_delete(client, resource) for resource in resources]
     _check_listed_nowhere(client, resources)
+    return lines
+
+
+def delete_models(model_names: list[str], sagemaker_client: Any | None = None) -> list[str]:
+    """Delete models that no endpoint serves (a batch transform's, say); one line per model; safe to repeat.
+
+    Raises RuntimeError when SageMaker refuses a deletion for any reason but "already gone", or when
+    ListModels still shows a deleted model.
+    """
+    client = sagemaker_client or boto3.client("sagemaker")
+    models = [Resource("Model", name) for name in dict.fromkeys(model_names)]
+    lines = [_delete(client, model) for model in models]
+    _check_listed_nowhere(client, models)
     return lines
 
 

@@ -208,3 +208,16 @@ def test_a_resource_still_listed_after_its_deletion_is_a_failure(stubbed, name) 
     stubber.add_response("list_endpoints", {"Endpoints": [still_there]}, {"NameContains": name})
     with pytest.raises(RuntimeError, match=f"endpoint {name} is still listed by ListEndpoints after its deletion"):
         endpoint_cleanup.delete_deployment(name, client)
+
+
+def test_models_without_an_endpoint_are_deleted_and_a_second_run_says_they_are_gone(sagemaker, local_aws, name) -> None:
+    names = [f"{name}-batch-{index}" for index in range(2)]
+    for model_name in names:
+        sagemaker.create_model(ModelName=model_name, ExecutionRoleArn=local_aws.role_arn,
+                               PrimaryContainer={"Image": "pytorch-inference:2.6-cpu-py312"})
+
+    assert endpoint_cleanup.delete_models(names, sagemaker) == [f"deleted model {model_name}" for model_name in names]
+    assert listed(sagemaker, name) == NOTHING
+    assert endpoint_cleanup.delete_models(names, sagemaker) == [
+        f"model {model_name}: already gone, nothing to delete" for model_name in names
+    ]
