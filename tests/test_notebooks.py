@@ -27,6 +27,7 @@ import plots
 import run_context
 import run_notebooks
 import sagemaker_job
+import scale_out
 import tb_logs
 import train
 from code_listing import LISTING_MIME_TYPE
@@ -58,6 +59,10 @@ def workbook(
             "LOCAL_MODEL_DIR": str(run_dir / "model"),
             "DEPLOY_DIR": str(work / "deploy"),
             "LATENCY_REQUESTS": 20,
+        },
+        "08_scale_out": {
+            **common, "S3_PREFIX": "mnist", "EPOCHS": 2, "WORK_DIR": str(work / "scale-out"),
+            "BENCH_JSON": str(work / "no-bench.json"),  # the cell that reads `make bench`'s figures says where they are
         },
         "09_tune_hyperparameters": {
             **common,
@@ -348,6 +353,27 @@ def test_03_exercise_solutions(workbook, mirror_dir: Path) -> None:
     assert trained_with["lr"] == pytest.approx(results["lr_suggestion"])
     checkpoint = torch.load(workbook["run_dir"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert results["exercise_3_checkpoint_epoch"] == checkpoint["epoch"] == 1  # EPOCHS = 2, counted from 0
+
+
+def test_08_trains_one_model_on_two_hosts_in_half_the_steps_of_notebook_04(workbook, mirror_dir: Path) -> None:
+    scaled, reference = run_of(workbook, "08_scale_out").results, run_of(workbook, "04_train_on_sagemaker").results
+    images = scale_out.training_images(mnist_data.load_split(mirror_dir, "train"), train.Hyperparameters())
+    batch = train.Hyperparameters().batch_size
+
+    assert (scaled["job_status"], scaled["instances"], scaled["processes"]) == ("Completed", 2, 2)
+    # Notebook 04's job: one process, every image; each of the two ranks here: half of each epoch.
+    assert scaled["reference_steps"] == 2 * math.ceil(images / batch)
+    assert scaled["steps"] == 2 * math.ceil(math.ceil(images / 2) / batch)
+    assert scaled["reference_test_accuracy"] == pytest.approx(reference["test_accuracy"])
+    assert scaled["test_accuracy"] > 0.9
+
+
+def test_08_exercise_solutions(workbook) -> None:
+    results = run_of(workbook, "08_scale_out").results
+
+    assert results["exercise_1_steps_per_epoch"] == math.ceil(math.ceil(54_000 / 16) / train.Hyperparameters().batch_size)
+    assert results["exercise_2_files"] == ["model.pt"]  # rank 0's alone, though both hosts packed model/
+    assert results["exercise_3_instance_seconds"] == 2 * results["training_seconds"]  # offline, every second is billable
 
 
 def test_04_exercise_solutions(workbook, local_aws: LocalAWS) -> None:
