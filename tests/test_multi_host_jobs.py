@@ -118,39 +118,22 @@ def mirror_accuracy(model_path: Path, mirror_dir: Path) -> float:
 # --- a job on two hosts that completes -------------------------------------------------------------------------
 
 
-def torchrun_job(local_aws: LocalAWS, channels: list[InputData], work: Path, instance_count: int) -> dict:
-    """train.py under Torchrun (one process per host), two epochs of 2,048 digits; waited for."""
+@pytest.fixture(scope="module")
+def two_host_job(local_aws: LocalAWS, channels: list[InputData], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """train.py on two hosts under Torchrun (one process each), two epochs of 2,048 digits; waited for."""
     with pytest.MonkeyPatch.context() as environment:
         for name, value in local_aws.env.items():  # the SDK finds the endpoint through these
             environment.setenv(name, value)
         trainer = two_host_trainer(
-            f"test-torchrun-{instance_count}", train_py_without_requirements(), {"epochs": 2, "max_train_images": IMAGES, "batch_size": BATCH},
-            instance_count=instance_count, distributed=Torchrun(),
+            "test-two-hosts", train_py_without_requirements(), {"epochs": 2, "max_train_images": IMAGES, "batch_size": BATCH},
+            distributed=Torchrun(),
         ).with_checkpoint_config(CheckpointConfig())
         trainer.train(input_data_config=channels, wait=False)
         job = sagemaker_job.latest_job(trainer)
         job.wait(poll=1, timeout=TIMEOUT_S)
+    work = tmp_path_factory.mktemp("two-hosts")
     return {"job": job, "streams": host_streams(local_aws, job.training_job_name), "work": work,
             "checkpoint": s3_checkpoint(local_aws, job.checkpoint_config.s3_uri, work)}
-
-
-@pytest.fixture(scope="module")
-def one_host_job(local_aws: LocalAWS, channels: list[InputData], tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The same training on one host under Torchrun: the reference for the steps."""
-    return torchrun_job(local_aws, channels, tmp_path_factory.mktemp("one-host"), instance_count=1)
-
-
-@pytest.fixture(scope="module")
-def two_host_job(local_aws: LocalAWS, channels: list[InputData], tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The training on two hosts."""
-    return torchrun_job(local_aws, channels, tmp_path_factory.mktemp("two-hosts"), instance_count=2)
-
-
-def test_a_one_host_torchrun_job_meets_in_its_own_network_and_completes(one_host_job: dict) -> None:
-    # torchrun's rendezvous (127.0.0.1:29500 on one host) needs the container's loopback up.
-    assert one_host_job["job"].training_job_status == "Completed", one_host_job["job"].failure_reason
-    assert [host for host, _ in one_host_job["streams"]] == ["algo-1"]
-    assert one_host_job["checkpoint"]["global_step"] == 2 * STEPS_PER_EPOCH_ONE_HOST
 
 
 def test_a_two_host_job_completes_with_one_log_stream_per_host_holding_epoch_lines(two_host_job: dict) -> None:
@@ -172,8 +155,40 @@ def test_the_two_host_model_loads_as_plain_weights_and_recognises_held_out_digit
     assert mirror_accuracy(work / "model" / "model.pt", mirror_dir) >= 0.90
 
 
-def test_each_host_trains_half_the_steps_of_a_one_host_run(one_host_job: dict, two_host_job: dict) -> None:
-    assert two_host_job["checkpoint"]["global_step"] == one_host_job["checkpoint"]["global_step"] // 2 == STEPS_PER_EPOCH_ONE_HOST
+def test_each_host_trains_half_the_steps_of_a_one_host_run(two_host_job: dict) -> None:
+    # A one-host run of the same data and epochs takes 2 x 32 steps (tests/test_distributed.py runs one and
+    # a two-process run side by side); each host here took half of them.
+    assert two_host_job["checkpoint"]["global_step"] == 2 * STEPS_PER_EPOCH_ONE_HOST // 2
+
+
+# --- torchrun on one host -------------------------------------------------------------------------------------
+
+# Two processes on one host meet at torchrun's default rendezvous, 127.0.0.1:29500, then add up their ranks.
+TWO_RANKS = textwrap.dedent("""
+    import os, torch, torch.distributed as dist
+    dist.init_process_group("gloo")
+    total = torch.tensor([float(dist.get_rank())])
+    dist.all_reduce(total)
+    print(f"rank {dist.get_rank()} of {dist.get_world_size()}: sum of ranks {total.item():g}", flush=True)
+    dist.destroy_process_group()
+""")
+
+
+def test_a_one_host_torchrun_job_meets_on_its_loopback_and_completes(local_aws_env: LocalAWS, tmp_path: Path) -> None:
+    (tmp_path / "two_ranks.py").write_text(TWO_RANKS)
+    trainer = two_host_trainer(
+        "test-one-host-torchrun", SourceCode(source_dir=str(tmp_path), entry_script="two_ranks.py"), {},
+        instance_count=1, distributed=Torchrun(process_count_per_node=2),
+    )
+    trainer.train(wait=False)
+    job = sagemaker_job.latest_job(trainer)
+    job.wait(poll=1, timeout=TIMEOUT_S)
+
+    assert job.training_job_status == "Completed", job.failure_reason
+    ((host, events),) = host_streams(local_aws_env, job.training_job_name)
+    assert host == "algo-1"
+    assert sorted(line for _, line in events if line.startswith("rank ")) == [
+        "rank 0 of 2: sum of ranks 1", "rank 1 of 2: sum of ranks 1"]
 
 
 # --- what each host sees --------------------------------------------------------------------------------------
@@ -247,83 +262,64 @@ def test_a_failing_host_fails_the_job_within_seconds_and_leaves_no_process(local
     assert job_processes(job.training_job_name) == []
 
 
-# --- a lost host, with a retry strategy -------------------------------------------------------------------------
+# --- a lost host, a retry, then StopTrainingJob ------------------------------------------------------------------
 
 
-def test_a_lost_host_retries_the_whole_job_from_the_s3_checkpoint(
-    local_aws_env: LocalAWS, channels: list[InputData], mirror_dir: Path, tmp_path: Path
+def freeze_training(job_name: str) -> list[psutil.Process]:
+    """SIGSTOP every train.py process (torchrun and its workers) of the job: the test decides what happens next."""
+    frozen = [process for process in job_processes(job_name) if "train.py" in " ".join(process.cmdline())]
+    for process in frozen:
+        process.suspend()
+    return frozen
+
+
+def thaw(frozen: list[psutil.Process]) -> None:
+    """SIGCONT what is still there of the frozen processes."""
+    for process in frozen:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.resume()
+
+
+def test_a_lost_host_restarts_the_whole_job_from_s3_and_a_stop_then_ends_both_hosts_with_last_ckpt(
+    local_aws_env: LocalAWS, channels: list[InputData], tmp_path: Path
 ) -> None:
-    epochs = 3
+    epochs = 8
     trainer = two_host_trainer(
         "test-lost-host", train_py_without_requirements(), {"epochs": epochs, "max_train_images": IMAGES, "batch_size": BATCH},
         distributed=Torchrun(),
     ).with_checkpoint_config(CheckpointConfig()).with_retry_strategy(RetryStrategy(maximum_retry_attempts=1))
     trainer.train(input_data_config=channels, wait=False)
     job = sagemaker_job.latest_job(trainer)
-    name = job.training_job_name
+    name, steps_per_epoch = job.training_job_name, STEPS_PER_EPOCH_ONE_HOST // len(HOSTS)
 
-    # Once epoch 1's checkpoint is in S3, freeze every training process (so the moment is the test's), then lose
-    # algo-2: SIGKILL to its whole container, which no process can catch.
-    wait_for(lambda: s3_checkpoint(local_aws_env, job.checkpoint_config.s3_uri, tmp_path), "epoch 1's checkpoint in S3", TIMEOUT_S)
-    workers = [process for process in job_processes(name) if "train.py" in " ".join(process.cmdline())]
-    for worker in workers:
-        worker.suspend()
+    # Once an epoch's checkpoint is in S3, freeze the training, then lose algo-2: SIGKILL to its whole container.
+    wait_for(lambda: s3_checkpoint(local_aws_env, job.checkpoint_config.s3_uri, tmp_path), "a checkpoint in S3", TIMEOUT_S)
+    frozen = freeze_training(name)
     driver = wait_for(lambda: host_process(name, "algo-2", "torchrun_driver.py"), "algo-2's torchrun driver", TIMEOUT_S)
     os.killpg(os.getpgid(driver.pid), signal.SIGKILL)
-    for worker in workers:
-        with contextlib.suppress(psutil.NoSuchProcess):  # algo-2's are gone with their host
-            worker.resume()
-    job.wait(poll=1, timeout=TIMEOUT_S)
+    thaw(frozen)
 
-    assert job.training_job_status == "Completed", job.failure_reason
-    statuses = [transition.status for transition in job.secondary_status_transitions]
-    assert statuses.count("Training") == 2 and "Restarting" in statuses
-    streams = host_streams(local_aws_env, name)
-    assert [host for host, _ in streams] == [*HOSTS, *HOSTS]  # each host, in each attempt
-    (_, first), (_, second) = [stream for stream in streams if stream[0] == "algo-1"]
-    assert epochs_in(text(first))[0] == 1
-    resumed = epochs_in(text(second))
-    assert resumed[0] > 1 and resumed == list(range(resumed[0], epochs + 1)), resumed
-    sagemaker_job.download_model(job.model_artifacts.s3_model_artifacts, tmp_path / "model")
-    assert mirror_accuracy(tmp_path / "model" / "model.pt", mirror_dir) >= 0.90
-    assert job_processes(name) == []
+    # The whole job restarts; once its algo-1 prints an epoch line, stop it (the ranks frozen meanwhile).
+    def resumed_epoch() -> int | None:
+        streams = [events for host, events in host_streams(local_aws_env, name) if host == "algo-1"]
+        return epochs_in(text(streams[1]))[0] if len(streams) == 2 and epochs_in(text(streams[1])) else None
 
-
-# --- StopTrainingJob on two hosts -----------------------------------------------------------------------------
-
-
-def test_stop_training_job_stops_both_hosts_and_leaves_last_ckpt_in_s3(
-    local_aws_env: LocalAWS, channels: list[InputData], tmp_path: Path
-) -> None:
-    trainer = two_host_trainer(
-        "test-stop-hosts", train_py_without_requirements(), {"epochs": 10, "max_train_images": IMAGES, "batch_size": BATCH},
-        distributed=Torchrun(),
-    ).with_checkpoint_config(CheckpointConfig())
-    trainer.train(input_data_config=channels, wait=False)
-    job = sagemaker_job.latest_job(trainer)
-    name = job.training_job_name
-    steps_per_epoch = STEPS_PER_EPOCH_ONE_HOST // len(HOSTS)
-
-    def epoch_1_printed() -> bool:
-        return any(host == "algo-1" and epochs_in(text(events)) for host, events in host_streams(local_aws_env, name))
-
-    wait_for(epoch_1_printed, "epoch 1's line in algo-1's stream", TIMEOUT_S)
-    # Freeze the two ranks while the stop's SIGTERM reaches every host; they handle it when they go on.
-    workers = [process for process in job_processes(name) if "train.py" in " ".join(process.cmdline())]
-    for worker in workers:
-        worker.suspend()
+    first_resumed_epoch = wait_for(resumed_epoch, "an epoch line of the second attempt", TIMEOUT_S)
+    frozen = freeze_training(name)
     try:
         job.stop()
     finally:
-        for worker in workers:
-            worker.resume()
+        thaw(frozen)
     job.wait(poll=1, timeout=TIMEOUT_S)
 
-    assert job.training_job_status == "Stopped"
-    streams = dict(host_streams(local_aws_env, name))
-    assert "Stopped by SIGTERM; the interrupted epoch is saved" in text(streams["algo-1"])
-    assert "test_acc=" not in text(streams["algo-1"]) + text(streams["algo-2"])
+    statuses = [transition.status for transition in job.secondary_status_transitions]
+    assert job.training_job_status == "Stopped" and statuses.count("Training") == 2 and "Restarting" in statuses
+    streams = host_streams(local_aws_env, name)
+    assert [host for host, _ in streams] == [*HOSTS, *HOSTS]  # each host, in each attempt
+    (_, first), (_, second) = [stream for stream in streams if stream[0] == "algo-1"]
+    assert epochs_in(text(first))[0] == 1 and first_resumed_epoch > 1  # resumed from the checkpoint in S3
+    assert "Stopped by SIGTERM; the interrupted epoch is saved" in text(second) and "test_acc=" not in text(second)
     checkpoint = s3_checkpoint(local_aws_env, job.checkpoint_config.s3_uri, tmp_path)
-    # The stop's save (the log's "Stopped by SIGTERM"), after epoch 1 and long before the tenth epoch's end.
-    assert steps_per_epoch < checkpoint["global_step"] < 10 * steps_per_epoch
+    # The stop's save, in the second attempt: past the epochs the first attempt finished, before the last epoch's end.
+    assert (first_resumed_epoch - 1) * steps_per_epoch < checkpoint["global_step"] < epochs * steps_per_epoch
     assert job_processes(name) == []
