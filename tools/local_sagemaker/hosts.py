@@ -13,7 +13,7 @@ each attempt of a job gets:
 - per host, a PID namespace: when a host's container command ends, the kernel ends every process it left
   behind (torchrun starts its workers in sessions of their own, out of reach of a process group).
 
-SageMaker's semantics over the hosts (`run_hosts`): the attempt ends when every host has ended; when a host
+SageMaker's semantics over the hosts (`RunningHosts.run`): the attempt ends when every host has ended; when a host
 ends with an error, or is lost (SIGKILL from outside), the others are killed at once, since a peer waiting
 for it in a collective would otherwise wait until its timeout, and the job reports that first host's end;
 a stop (StopTrainingJob, MaxRuntimeInSeconds) sends SIGTERM to every host. The outputs of all hosts are
