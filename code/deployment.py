@@ -9,16 +9,22 @@ Notebooks 06 and 07 call these; `make bench` measures the endpoint with `measure
   when asked, the serving code in `code/` (ModelBuilder repacks the code itself; a plain CreateModel
   request needs it inside);
 - `inference_image`: SageMaker's PyTorch inference image for a region and instance type;
+- `model_builder`: SDK 3's ModelBuilder for a real endpoint or a batch transform: that image, the model
+  in S3, and code/ with inference.py as the entry point (the SDK repacks them into one model.tar.gz);
+- `predictions` and `refusal`: one request to an endpoint, and what a refused one says;
 - `measure_latency`: many requests at a given concurrency, their p50 and p99 latency and throughput.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import io
 import json
+import logging
 import tarfile
 import time
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +32,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from botocore.exceptions import ClientError
+from sagemaker.core import image_uris
 
+from inference import in_process_spec
 from mnist_model import MODEL_FILE
+from sagemaker_job import download_model
 
 CODE_DIR = Path(__file__).resolve().parent
 # What the serving container needs beside the model: the handlers and the modules they import.
@@ -59,8 +69,6 @@ def choose_model(
     """The model to deploy: `model_artifact` (an S3 URI, downloaded into work_dir/model) when given, else the
     first folder of `model_dirs` (description -> folder) holding a model.pt, else `train_quick(work_dir)`'s."""
     if model_artifact:
-        from sagemaker_job import download_model  # imported here: it imports the SDK, which the rest does not need
-
         model_dir = work_dir / "model"
         download_model(model_artifact, model_dir)
         if not (model_dir / MODEL_FILE).is_file():
@@ -89,10 +97,92 @@ def pack_model(model_dir: Path, archive: Path, with_code: bool = False) -> list[
 
 def inference_image(region: str, instance_type: str) -> str:
     """SageMaker's PyTorch inference image (CPU or GPU as the instance type says) in a region."""
-    from sagemaker.core import image_uris  # imported here: the SDK is slow to import and the rest does not need it
-
     return image_uris.retrieve("pytorch", region, version=PYTORCH_VERSION, py_version=PYTHON_VERSION,
                                image_scope="inference", instance_type=instance_type)
+
+
+def serving_sdk() -> types.SimpleNamespace:
+    """SDK 3's ModelBuilder, SchemaBuilder and Mode, imported on first use, with Python's logging left as it was.
+
+    Imported here, not at the top: it makes AWS clients on import, which needs a region. And it runs
+    logging.basicConfig(level=INFO) (SDK 3.27's sagemaker.core.experiments does, on import), after which
+    every AWS call of the SDK and botocore printed INFO lines under the notebook's cells: the root logger
+    is put back to Python's default, warnings and errors only.
+    """
+    from sagemaker.serve.builder.schema_builder import SchemaBuilder
+    from sagemaker.serve.mode.function_pointers import Mode
+    from sagemaker.serve.model_builder import ModelBuilder
+
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("sagemaker.config").setLevel(logging.WARNING)  # "Applied value from config key ..."
+    return types.SimpleNamespace(ModelBuilder=ModelBuilder, SchemaBuilder=SchemaBuilder, Mode=Mode)
+
+
+def schema() -> Any:
+    """The SchemaBuilder: bytes of any format (JSON, .npy, PNG, JPEG) in, JSON predictions out."""
+    sample_answer = {"predictions": [{"digit": 0, "probabilities": [0.1] * 10}]}
+    return serving_sdk().SchemaBuilder(sample_input=json_body(torch.zeros(1, 28, 28)), sample_output=sample_answer)
+
+
+def model_builder(model_data_url: str, instance_type: str, region: str) -> Any:
+    """SDK 3's ModelBuilder for this model on a SageMaker endpoint or transform job (`build()` creates it)."""
+    from sagemaker.core.training.configs import SourceCode
+
+    serve = serving_sdk()
+    return serve.ModelBuilder(
+        s3_model_data_url=model_data_url,
+        image_uri=inference_image(region, instance_type),
+        source_code=SourceCode(source_dir=str(CODE_DIR), entry_script=ENTRY_POINT),  # repacked into model.tar.gz
+        schema_builder=schema(),
+        instance_type=instance_type,
+        mode=serve.Mode.SAGEMAKER_ENDPOINT,
+        log_level=logging.WARNING,  # the SDK's own INFO lines would bury the notebook's
+    )
+
+
+def in_process_check(model_dir: Path, body: bytes, log_path: Path) -> list[int]:
+    """Serve the handlers in this process with ModelBuilder's IN_PROCESS mode, send one request, stop; the digits.
+
+    The SDK's in-process server is a FastAPI app on 127.0.0.1:9007 that uvicorn runs with its own INFO
+    log (start-up, one line per request): it goes to log_path, not under the notebook's cell.
+    """
+    serve = serving_sdk()
+    builder = serve.ModelBuilder(inference_spec=in_process_spec(model_dir), schema_builder=schema(),
+                                 mode=serve.Mode.IN_PROCESS, model_path=str(log_path.parent / "in-process"),
+                                 log_level=logging.ERROR)
+    builder.build()
+    sdk_logger = logging.getLogger("sagemaker.serve")  # its notes on the in-process server go to the log too
+    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        handler = logging.StreamHandler(log)
+        sdk_logger.addHandler(handler)
+        sdk_logger.propagate = False
+        try:
+            endpoint = builder.deploy()  # uvicorn's log handlers take the streams of this moment
+            try:
+                return digits_of(endpoint.invoke(body=body, content_type=JSON).body)
+            finally:
+                endpoint.in_process_mode_obj.destroy_server()
+        finally:
+            sdk_logger.removeHandler(handler)
+            sdk_logger.propagate = True
+
+
+def predictions(endpoint: Any, body: bytes, content_type: str) -> list[dict[str, Any]]:
+    """Send one request to an endpoint (SDK 3's Endpoint); its prediction for each image."""
+    answer = endpoint.invoke(body=body, content_type=content_type, accept=JSON)
+    return json.loads(answer.body.read())["predictions"]
+
+
+def refusal(endpoint: Any, body: bytes, content_type: str) -> tuple[int, str]:
+    """Send a request the handlers must refuse; the status and message the container answered with."""
+    try:
+        endpoint.invoke(body=body, content_type=content_type, accept=JSON)
+    except ClientError as error:
+        details = error.response
+        if details.get("Error", {}).get("Code") != "ModelError":
+            raise
+        return int(details["OriginalStatusCode"]), str(details["OriginalMessage"])
+    raise RuntimeError(f"the endpoint answered a request it should refuse ({len(body)} bytes of {content_type})")
 
 
 def serving_environment(workers: int | None = None) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -132,3 +133,18 @@ def test_measure_latency_sends_every_body_and_names_each_refusal() -> None:
     assert sorted(latency.errors) == ["ValueError: refused b'bad-1'", "ValueError: refused b'bad-2'"]
     assert latency.p50_ms <= latency.p99_ms
     assert str(latency).startswith("32 requests at concurrency 4: p50 ") and str(latency).endswith(", 2 errors")
+
+
+def test_the_in_process_check_answers_as_the_handlers_and_keeps_its_server_log_out_of_the_output(
+    tmp_path: Path, local_aws_env: LocalAWS, capfd: pytest.CaptureFixture[str]
+) -> None:
+    model_dir = saved_model(tmp_path / "model", seed=5)
+    images = torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8)
+    model = inference.model_fn(str(model_dir))
+    expected = deployment.digits_of(inference.output_fn(inference.predict_fn(images.float(), model), "application/json"))
+    capfd.readouterr()
+    assert deployment.in_process_check(model_dir, deployment.json_body(images), tmp_path / "in-process.log") == expected
+    printed = capfd.readouterr()
+    assert (printed.out, printed.err) == ("", "")
+    log = re.sub(r"\x1b\[[0-9;]*m", "", (tmp_path / "in-process.log").read_text())  # uvicorn colours its lines
+    assert "Uvicorn running on http://127.0.0.1:9007" in log and '"POST /invoke HTTP/1.1" 200' in log
