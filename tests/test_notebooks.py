@@ -15,12 +15,16 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import numpy as np
 import pytest
 import torch
 
+import batch_predictions
+import edge_export
+import endpoint_cleanup
 import mnist_data
 import mnist_model
 import plots
@@ -59,6 +63,13 @@ def workbook(
             "LOCAL_MODEL_DIR": str(run_dir / "model"),
             "DEPLOY_DIR": str(work / "deploy"),
             "LATENCY_REQUESTS": 20,
+        },
+        "07_batch_and_edge": {
+            **common,
+            "SAGEMAKER_MODEL_DIR": str(work / "job-model"),
+            "LOCAL_MODEL_DIR": str(run_dir / "model"),
+            "DEPLOY_DIR": str(work / "deploy"),
+            "BATCH_DIR": str(work / "batch"),
         },
         "08_scale_out": {
             **common, "S3_PREFIX": "mnist", "EPOCHS": 2, "WORK_DIR": str(work / "scale-out"),
@@ -145,28 +156,89 @@ def deployed_model_file(workbook: dict[str, object], results: dict[str, object])
     return model_file
 
 
-def test_06_serves_the_trained_model_through_an_in_process_endpoint(workbook, mirror_dir: Path) -> None:
+def listed_names(sagemaker: Any) -> set[str]:
+    """Every endpoint, endpoint configuration and model the SageMaker API lists."""
+    names = {item["EndpointName"] for item in sagemaker.list_endpoints()["Endpoints"]}
+    names |= {item["EndpointConfigName"] for item in sagemaker.list_endpoint_configs()["EndpointConfigs"]}
+    return names | {item["ModelName"] for item in sagemaker.list_models()["Models"]}
+
+
+def test_06_deploys_to_an_endpoint_that_answers_as_the_model_does_here_and_cleans_up(
+    workbook, mirror_dir: Path, local_aws: LocalAWS
+) -> None:
     results = run_of(workbook, "06_deploy_and_predict").results
     assert results["predict_accuracy"] >= 0.90
-    # The endpoint answers exactly as the deployed model does in this process.
+    # Through InvokeEndpoint, the endpoint answered exactly as the deployed model does in this process.
     model = mnist_model.load_model(deployed_model_file(workbook, results))
     images, labels = mnist_data.load_split(mirror_dir, "test")
     accuracy = (mnist_model.predict(model, images) == labels).float().mean().item()
-    assert results["predict_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert results["predict_accuracy"] == pytest.approx(accuracy, abs=1e-6) == results["local_accuracy"]
+    assert results["disagreements"] == 0
+    saved, source = batch_predictions.load_digits(workbook["run_dir"].parent / "deploy" / "endpoint_digits.json")
+    assert saved == mnist_model.predict(model, images).tolist() and source == f"endpoint {results['endpoints'][0]}"
     assert results["hand_drawn_digit"] == 7
-    assert 0 < results["latency_p50_ms"] <= results["latency_p99_ms"]
+    assert results["bad_request_statuses"] == [400, 400, 415]  # each a ModelError carrying the handler's status
+    assert 0 < results["latency_p50_ms"] <= results["latency_p99_ms"] and results["latency_errors"] == 0
+    # The clean-up left no endpoint, configuration or model (real-time and serverless), as the API lists them...
+    (sagemaker,) = aws_clients(local_aws.endpoint_url, "sagemaker")
+    deployed = set(results["endpoints"]) | set(results["models"])
+    assert len(deployed) == 4 and deployed & listed_names(sagemaker) == set()
+    # ... and running it again is harmless: everything is already gone.
+    for name in results["endpoints"]:
+        assert endpoint_cleanup.delete_deployment(name, sagemaker) == [f"endpoint {name}: already gone, nothing to delete"]
+
+
+def test_06_exercise_solutions(workbook) -> None:
+    results = run_of(workbook, "06_deploy_and_predict").results
+    assert results["exercise_1_digit"] == 1  # the drawn vertical stroke
+    real_time_usd, serverless_usd = results["exercise_2_usd"]
+    assert real_time_usd == pytest.approx(730 * 0.12) and 0 < serverless_usd < real_time_usd
+    assert results["exercise_3_wrong"] == round((1 - results["predict_accuracy"]) * 1000)
+
+
+def test_07_batch_transform_answers_every_digit_as_the_endpoint_did(workbook, mirror_dir: Path,
+                                                                    local_aws: LocalAWS) -> None:
+    results = run_of(workbook, "07_batch_and_edge").results
+    model = mnist_model.load_model(deployed_model_file(workbook, results))
+    images, labels = mnist_data.load_split(mirror_dir, "test")
+    accuracy = (mnist_model.predict(model, images) == labels).float().mean().item()
+    assert results["batch_images"] == len(images) == 1000  # the subset notebook 01 staged offline
+    assert results["batch_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    endpoint = run_of(workbook, "06_deploy_and_predict").results["endpoints"][0]
+    assert results["batch_reference"] == f"endpoint {endpoint}" and results["batch_disagreements"] == 0
+    (sagemaker,) = aws_clients(local_aws.endpoint_url, "sagemaker")
+    job = sagemaker.describe_transform_job(TransformJobName=results["transform_job"])
+    assert job["TransformJobStatus"] == "Completed" and job["TransformInput"]["ContentType"] == "application/x-npy"
+    assert set(results["models"]) & listed_names(sagemaker) == set()  # the clean-up deleted the job's model
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # PyTorch 2.14 points to torch.export instead
-def test_06_exports_torchscript_that_computes_what_the_eager_model_computes(workbook, mirror_dir: Path) -> None:
-    results = run_of(workbook, "06_deploy_and_predict").results
-    assert 0 <= results["torchscript_max_abs_diff"] <= 1e-5
-    # Check the exported file independently of what the notebook reported.
-    scripted = torch.jit.load(workbook["run_dir"].parent / "deploy" / "mnist_torchscript.pt")
+def test_07_edge_exports_compute_what_the_eager_model_computes(workbook, mirror_dir: Path) -> None:
+    results = run_of(workbook, "07_batch_and_edge").results
+    for kind in edge_export.FORMATS:
+        assert 0 <= results[f"{kind}_max_abs_diff"] <= 1e-5, kind
+        assert results[f"{kind}_kb"] > 100 and results[f"{kind}_ms"] > 0, kind
+    # Check the exported files independently of what the notebook reported.
     model = mnist_model.load_model(deployed_model_file(workbook, results))
     images = mnist_data.normalise(mnist_data.load_split(mirror_dir, "test")[0])
     with torch.inference_mode():
-        assert (scripted(images) - model(images)).abs().max().item() <= 1e-5
+        eager = model(images)
+    batch_dir = workbook["run_dir"].parent / "batch"
+    scripted = torch.jit.load(batch_dir / edge_export.FILE_NAMES["torchscript"])
+    with torch.inference_mode():
+        assert (scripted(images) - eager).abs().max().item() <= 1e-5
+    for kind in ("onnx", "executorch"):
+        logits, _ = edge_export.run_exported(kind, batch_dir / edge_export.FILE_NAMES[kind], images)
+        assert np.abs(logits - eager.numpy()).max() <= 1e-5, kind
+
+
+def test_07_exercise_solutions(workbook) -> None:
+    results = run_of(workbook, "07_batch_and_edge").results
+    assert results["exercise_1_max_abs_diff"] <= 1e-5
+    assert results["exercise_2_minutes"] == pytest.approx(results["batch_seconds"] / 1000 * 70_000 / 60, rel=0.01)
+    fastest = min(edge_export.FORMATS, key=lambda kind: results[f"{kind}_ms"])
+    assert results["exercise_3_fastest"] == fastest
+    assert results["exercise_3_speed_up"] == pytest.approx(results["eager_ms"] / results[f"{fastest}_ms"], rel=0.05)
 
 
 def test_04_runs_a_training_job_whose_model_recognises_held_out_real_digits(
