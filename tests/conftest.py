@@ -1,14 +1,18 @@
-"""Shared fixtures: a loopback MNIST mirror of real digits and the local AWS endpoint."""
+"""Shared fixtures: a loopback MNIST mirror of real digits, the local AWS endpoint, and moto's in-process S3."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
+import moto
 import pytest
+from botocore.client import BaseClient
 
 import local_aws as local_aws_tools
 import mnist_mirror
+from support import MOCK_BUCKET, TEST_CREDENTIALS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,3 +45,13 @@ def local_aws_env(local_aws: local_aws_tools.LocalAWS, monkeypatch: pytest.Monke
     for name, value in local_aws.env.items():
         monkeypatch.setenv(name, value)
     return local_aws
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[BaseClient]:
+    """An S3 client of moto's in-process mock (no server), with one empty bucket named MOCK_BUCKET."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # a local endpoint's URL would bypass the mock
+    with moto.mock_aws():
+        client = boto3.session.Session(**TEST_CREDENTIALS).client("s3")
+        client.create_bucket(Bucket=MOCK_BUCKET)
+        yield client

@@ -19,6 +19,7 @@ import mnist_mirror
 T = TypeVar("T")
 
 # The credentials local_aws.py gives moto's server; any value works there, these say what they are.
+MOCK_BUCKET = "mock-bucket"  # the bucket of the `s3` fixture (moto in process)
 TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
 # train.py prints one `epoch=N; name=value; ...` line per finished epoch (sagemaker_job's metric definitions read them).
 EPOCH_LINE = re.compile(r"^epoch=(\d+);", flags=re.MULTILINE)

@@ -6,18 +6,15 @@ import io
 import json
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
-import moto
 import pytest
 from botocore.client import BaseClient
 
 from local_sagemaker import container, framework_container, processes
-from support import TEST_CREDENTIALS
+from support import MOCK_BUCKET
 
-BUCKET = "framework-container-tests"
+BUCKET = MOCK_BUCKET
 SOURCE_URI = f"s3://{BUCKET}/tune/input/sourcedir/sourcedir.tar.gz"
 HYPERPARAMETERS = {
     "epochs": "1",
@@ -38,15 +35,6 @@ print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(),
                   "env": {k: v for k, v in os.environ.items() if k.startswith(("SM_", "CHECKPOINT_DIR"))}}))
 """
 
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[BaseClient]:
-    """An S3 client of moto's in-process mock, with one empty bucket."""
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # a local endpoint's URL would bypass the mock
-    with moto.mock_aws():
-        client = boto3.session.Session(**TEST_CREDENTIALS).client("s3")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
 
 
 def upload_source(s3: BaseClient, files: dict[str, str], uri: str = SOURCE_URI) -> None:

@@ -4,30 +4,18 @@ code/sagemaker_job.py (mnist_s3.local_path_for_key), against moto in this proces
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
-import moto
 import pytest
 from botocore.client import BaseClient
 
 import sagemaker_job
 from local_sagemaker import s3_io
 from mnist_s3 import local_path_for_key
-from support import TEST_CREDENTIALS
+from support import MOCK_BUCKET
 
-BUCKET = "s3-io-tests"
+BUCKET = MOCK_BUCKET
 
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[BaseClient]:
-    """An S3 client of moto's in-process mock, with one empty bucket."""
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # a local endpoint's URL would bypass the mock
-    with moto.mock_aws():
-        client = boto3.session.Session(**TEST_CREDENTIALS).client("s3")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
 
 
 def put(s3: BaseClient, *keys: str) -> None:
@@ -200,5 +188,5 @@ def test_upload_outputs_puts_model_and_output_archives_side_by_side(s3: BaseClie
 
 
 def test_upload_outputs_refuses_a_model_uri_that_is_no_model_tar_gz(s3: BaseClient, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"'s3://s3-io-tests/jobs/model.zip': a training job's model artifact"):
+    with pytest.raises(ValueError, match=rf"'s3://{BUCKET}/jobs/model.zip': a training job's model artifact"):
         s3_io.upload_outputs(s3, tmp_path, tmp_path, f"s3://{BUCKET}/jobs/model.zip", tmp_path)
