@@ -349,7 +349,7 @@ def test_an_endpoint_is_creating_until_its_model_is_loaded_and_delete_stops_its_
     assert settled(aws, name)["EndpointStatus"] == "InService"
     assert invoke(aws, name, b"x", "text/plain")["Body"].read() == b"A"
     (lines,) = log_lines(aws, name).values()
-    (url,) = {match.group(1) for line in lines if (match := re.search(r"Uvicorn running on (http://\S+)", line))}
+    (url,) = {match.group(1) for line in lines if (match := re.search(r"serving \S+ on (http://\S+) with", line))}
     assert urllib.request.urlopen(f"{url}/ping", timeout=10).status == 200
     assert endpoint_cleanup.delete_deployment(name, aws["sagemaker"]) == [
         f"deleted endpoint {name}", f"deleted endpoint configuration {name}", f"deleted model {name}"]

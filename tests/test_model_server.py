@@ -497,3 +497,94 @@ def test_workers_slower_to_start_than_uvicorns_health_check_are_not_restarted(tm
         assert len(pids_marked(markers, "loaded")) == 2  # each worker loaded the model once: none was replaced
     finally:
         assert stop_and_check_nothing_is_left(server) == 0
+
+
+# --- Connections and threads of the workers ---------------------------------------------------------
+
+CONNECTION_PROBE = '''
+"""Answers, from inside the worker, how its connection to the client and its torch are set up."""
+import os
+import socket
+
+import torch
+
+
+def model_fn(model_dir):
+    return None
+
+
+def input_fn(body, content_type):
+    return int(body)  # the client's port
+
+
+def predict_fn(client_port, model):
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            probe = socket.socket(fileno=os.dup(int(name)))
+        except OSError:  # not a socket
+            continue
+        with probe:
+            try:
+                if probe.family == socket.AF_INET and probe.type == socket.SOCK_STREAM and probe.getpeername()[1] == client_port:
+                    nodelay = probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                    return {"nodelay": bool(nodelay), "threads": torch.get_num_threads()}
+            except OSError:  # a listening or unconnected socket
+                continue
+    raise RuntimeError(f"no connection from port {client_port} in this worker")
+
+
+def output_fn(prediction, accept):
+    import json
+    return json.dumps(prediction)
+'''
+
+
+def probe_server(tmp_path: Path, workers: int, environment: dict[str, str] | None = None) -> model_server.ModelServer:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    model_dir = unpacked_model(tmp_path, {"code/inference.py": CONNECTION_PROBE.encode()})
+    return model_server.serve(model_dir, workers=workers, environment=environment, log_path=tmp_path / "server.log")
+
+
+def probe(server: model_server.ModelServer, requests_on_one_connection: int = 3) -> list[dict[str, object]]:
+    """Several requests on one kept-alive connection, each asking the worker about that connection."""
+    import http.client
+
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.connect()
+    answers = []
+    for _ in range(requests_on_one_connection):
+        connection.request("POST", "/invocations", body=str(connection.sock.getsockname()[1]),
+                           headers={"Content-Type": "text/plain"})
+        response = connection.getresponse()
+        body = response.read()
+        assert response.status == 200, body
+        answers.append(json.loads(body))
+    connection.close()
+    return answers
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_connection_sends_its_answers_without_waiting_for_nagles_algorithm(tmp_path: Path, workers: int) -> None:
+    # uvicorn's several-worker mode left Nagle's algorithm on: each answer on a kept-alive connection then
+    # waited for the client's delayed ACK, about 40 ms, whatever the handler took.
+    server = probe_server(tmp_path, workers)
+    try:
+        assert [answer["nodelay"] for answer in probe(server)] == [True, True, True]
+    finally:
+        stop_and_check_nothing_is_left(server)
+
+
+def test_workers_share_the_cpus_unless_the_model_sets_its_threads(tmp_path: Path) -> None:
+    cpus = len(psutil.Process().cpu_affinity())
+    server = probe_server(tmp_path / "shared", workers=2)
+    try:
+        assert {answer["threads"] for answer in probe(server)} == {max(1, cpus // 2)}
+    finally:
+        stop_and_check_nothing_is_left(server)
+    # One worker alone would get every CPU; the model's own OMP_NUM_THREADS wins (torch caps it at the CPUs).
+    server = probe_server(tmp_path / "own", workers=1, environment={"OMP_NUM_THREADS": "1"})
+    try:
+        assert {answer["threads"] for answer in probe(server)} == {1}
+    finally:
+        stop_and_check_nothing_is_left(server)
