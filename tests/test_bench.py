@@ -173,3 +173,20 @@ def test_the_ddp_section_runs_the_same_training_on_one_process_and_on_two(quick_
     assert is_time_within(one["train_s"], total_s) and is_time_within(two["train_s"], total_s)
     assert 0 < collectives["gradient_allreduce_ms"] / 1000 < two["train_s"] / two["steps"]
     assert f"{ddp['throughput_ratio']:.2f}x" in table_line(quick_run["stdout"], "7 DDP under torchrun")
+
+
+def test_the_serving_section_sends_every_request_and_transforms_every_digit(quick_run: dict) -> None:
+    result, stdout = quick_run["result"], quick_run["stdout"]
+    serving, total_s = result["sections"]["serving"], result["bench_seconds"]
+    one, eight = serving["endpoint"]["1"], serving["endpoint"]["8"]
+    assert one["requests"] == eight["requests"] == bench.QUICK.endpoint_requests
+    for measured in (one, eight):
+        assert is_time_within(measured["p50_ms"] / 1000, total_s) and measured["p50_ms"] <= measured["p99_ms"]
+    # The transform job and the in-process handlers predicted the same digits (the section fails otherwise).
+    transform, here = serving["transform"], serving["in_process"]
+    assert transform["images"] == here["images"] == bench.QUICK.transform_images
+    assert transform["shards"] == serving["shards_expected"] == math.ceil(bench.QUICK.transform_images / 1000)
+    assert is_time_within(transform["seconds"], total_s) and is_time_within(here["seconds"], total_s)
+    assert f"{serving['endpoint_throughput_ratio_8_to_1']:.2f}x" in table_line(stdout, "(throughput at 8 / at 1)")
+    assert f"{serving['in_process_to_transform_ratio']:.1f}x" in table_line(stdout, "handlers in process")
+    assert result["endpoint_p50_ms"] == one["p50_ms"] and result["endpoint_p99_ms"] == one["p99_ms"]

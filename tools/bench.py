@@ -27,6 +27,10 @@ absolute figures (shared machines are noisy):
    tools/bench_ddp_worker.py: training images per second as a ratio, the absolute figures beside it, and the
    collectives DDP adds to each step (an all-reduce of the gradients, the SIGTERM agreement) timed on their own.
    Only CPUs: a GPU comparison needs two GPUs, which none of this project's machines has.
+8. Serving (tools/bench_serving.py): the model behind an endpoint of the local SageMaker, single-image
+   InvokeEndpoint requests at concurrency 1 and 8 (p50, p99, requests per second, and the throughput at 8
+   as a ratio of that at 1); and a batch transform job over the test digits (the real 10,000 when given)
+   against predicting them in this process with the same handlers, in images per second, as a ratio.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
+import bench_serving  # noqa: E402
 import mnist_mirror  # noqa: E402
 import train  # noqa: E402
 from local_aws import local_aws_endpoint  # noqa: E402
@@ -100,6 +105,8 @@ class Plan:
     throughput_repeats: int
     max_budget_s: float | None  # cap on section 4's training time (else as long as our fit took)
     ddp_recipe: dict[str, object]  # section 7's Hyperparameters overrides (the batch size is the section's)
+    endpoint_requests: int  # single-image requests at each concurrency in section 8
+    transform_images: int  # test digits through section 8's transform job (at most the test set)
 
 
 # The 5,000 digits are a twelfth of MNIST's training set: more passes over them than over full MNIST.
@@ -114,6 +121,8 @@ FULL = Plan(
     throughput_repeats=3,
     max_budget_s=None,
     ddp_recipe={"epochs": 3},
+    endpoint_requests=1000,
+    transform_images=10_000,
 )
 QUICK = Plan(
     recipe={"epochs": 1, "max_train_images": 600},
@@ -126,6 +135,8 @@ QUICK = Plan(
     throughput_repeats=1,
     max_budget_s=0.5,
     ddp_recipe={"epochs": 1, "max_train_images": 1280},
+    endpoint_requests=40,
+    transform_images=600,
 )
 
 
@@ -802,6 +813,7 @@ def table(result: dict) -> str:
     rows.append(("", f"  collectives per step: gradient all-reduce ({collectives['gradient_values']:,} values) "
                  f"{collectives['gradient_allreduce_ms']:.2f} ms + SIGTERM agreement {collectives['sigterm_agreement_ms']:.2f} ms, "
                  f"of a {collectives['step_ms']:.1f} ms step (fit time / steps)", f"{100 * collectives['share_of_step']:.1f} %", "", ""))
+    rows += bench_serving.table_rows(s["serving"])
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     header = (
         f"MNIST workbook benchmark ({result['mode']}), {result['date']}: {m['cpu_model']}, {m['usable_cores']} cores, "
@@ -854,6 +866,10 @@ def main(argv: list[str] | None = None) -> int:
         memory = memory_section(plan.recipe, train_dir, test_dir or train_dir, work / "memory")
         progress("7 DDP under torchrun")
         ddp = ddp_section(plan, train_dir, work)
+        progress("8 serving: endpoint and batch transform")
+        serving_digits = load_split(test_dir, "test")[0].numpy() if test_dir is not None else digits[0]
+        serving = bench_serving.serving_section(plan.endpoint_requests, plan.transform_images, serving_digits,
+                                                work / "serving")
 
     figures = {
         "tta_accuracy": tta["test_accuracy"],
@@ -881,6 +897,10 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb": memory["peak_rss_mb"],
         "ddp_throughput_ratio": ddp["throughput_ratio"],
         "ddp_collectives_ms_per_step": ddp["collectives_per_step"]["total_ms"],
+        "endpoint_p50_ms": serving["endpoint"]["1"]["p50_ms"],
+        "endpoint_p99_ms": serving["endpoint"]["1"]["p99_ms"],
+        "endpoint_throughput_ratio_8_to_1": serving["endpoint_throughput_ratio_8_to_1"],
+        "in_process_to_transform_ratio": serving["in_process_to_transform_ratio"],
         "goals": {
             name: {"goal": GOALS[name], "met": goal_status(figures[name], GOALS[name], higher_is_better[name])}
             for name in figures
@@ -893,6 +913,7 @@ def main(argv: list[str] | None = None) -> int:
             "workbook": workbook,
             "memory": memory,
             "ddp": ddp,
+            "serving": serving,
         },
     }
     result["bench_seconds"] = seconds_since_start()
