@@ -310,7 +310,7 @@ def test_a_script_that_is_not_the_workbooks_deploys_and_answers(aws) -> None:
 # --- Creating, Updating, Deleting, moments held by the test ---------------------------------------
 
 HELD_MODEL = b'''
-"""Answers with its ANSWER; its model_fn waits until the file RELEASE exists."""
+"""Answers with its ANSWER; its model_fn marks RELEASE.waiting, then waits until the file RELEASE exists."""
 import os
 import time
 from pathlib import Path
@@ -318,6 +318,7 @@ from pathlib import Path
 
 def model_fn(model_dir):
     release = Path(os.environ["RELEASE"])
+    release.with_name(release.name + ".waiting").touch()
     deadline = time.monotonic() + 600
     while not release.exists():
         if time.monotonic() > deadline:
@@ -421,3 +422,35 @@ def test_a_serverless_endpoint_is_served_too(aws, tmp_path: Path) -> None:
         invoke(aws, name, b" " * (4 * ONE_MIB + 1), "text/plain")
     endpoint_cleanup.delete_deployment(name, aws["sagemaker"])
     assert nothing_listed(aws, name)
+
+
+def test_the_endpoint_going_away_stops_a_model_server_that_is_still_starting(tmp_path: Path) -> None:
+    # Its own local endpoint: the test ends it while an endpoint's model is held in its model_fn.
+    import psutil
+
+    from local_aws import local_aws_endpoint
+
+    with local_aws_endpoint(tmp_path / "aws") as endpoint:
+        own = {"bucket": endpoint.bucket, **dict(zip(("sagemaker", "s3"),
+                                                     aws_clients(endpoint.endpoint_url, "sagemaker", "s3")))}
+        name = held_model(own, "never-released", "A", tmp_path / "never-written")
+        create_config(own, name, name)
+        own["sagemaker"].create_endpoint(EndpointName=name, EndpointConfigName=name)
+        endpoint_process = next(process for process in psutil.Process().children()
+                                if str(tmp_path / "aws") in process.cmdline())  # not the session's endpoint
+
+        def model_servers() -> list[psutil.Process]:
+            found = []
+            for process in endpoint_process.children(recursive=True):
+                try:
+                    if "local_sagemaker.model_server" in " ".join(process.cmdline()):
+                        found.append(process)
+                except (psutil.ZombieProcess, psutil.NoSuchProcess):  # a short-lived helper, already ended
+                    continue
+            return found
+
+        wait_for((tmp_path / "never-written.waiting").exists, "the model server's worker to be in model_fn")
+        starting = model_servers()
+        assert starting and own["sagemaker"].describe_endpoint(EndpointName=name)["EndpointStatus"] == "Creating"
+    gone, alive = psutil.wait_procs(starting, timeout=30)
+    assert [process.pid for process in alive] == []

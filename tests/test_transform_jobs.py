@@ -186,3 +186,33 @@ def test_stop_transform_job_stops_it_before_any_object(aws, digits, tmp_path: Pa
     with pytest.raises(ClientError, match="only an InProgress job can be stopped"):
         aws["sagemaker"].stop_transform_job(TransformJobName=name)
     aws["sagemaker"].delete_model(ModelName=model_name)
+
+
+def test_the_endpoint_going_away_stops_a_jobs_model_server_that_is_still_starting(tmp_path: Path, digits) -> None:
+    # Its own local endpoint: the test ends it while the job's model is held in its model_fn.
+    import psutil
+
+    from local_aws import local_aws_endpoint
+    from support import aws_clients
+
+    with local_aws_endpoint(tmp_path / "aws") as endpoint:
+        own = {"bucket": endpoint.bucket, **dict(zip(("sagemaker", "s3"),
+                                                     aws_clients(endpoint.endpoint_url, "sagemaker", "s3")))}
+        release = tmp_path / "never-written"
+        environment = {"SAGEMAKER_PROGRAM": "inference.py", "RELEASE": str(release), "ANSWER": "A"}
+        model_name = create_model(own, "held-forever", archive({"code/inference.py": HELD_MODEL}), environment)
+        upload(own, "transform/forever/input/one.npy", deployment.npy_body(digits[0][:1].numpy()))
+        start_job(own, "held-forever", model_name, "transform/forever/input/", "application/x-npy")
+        wait_for(release.with_name(release.name + ".waiting").exists, "the job's model server to be in model_fn")
+        endpoint_process = next(process for process in psutil.Process().children()
+                                if str(tmp_path / "aws") in process.cmdline())  # not the session's endpoint
+        starting = []
+        for process in endpoint_process.children(recursive=True):
+            try:
+                if "local_sagemaker.model_server" in " ".join(process.cmdline()):
+                    starting.append(process)
+            except (psutil.ZombieProcess, psutil.NoSuchProcess):  # a short-lived helper, already ended
+                continue
+        assert starting
+    gone, alive = psutil.wait_procs(starting, timeout=30)
+    assert [process.pid for process in alive] == []

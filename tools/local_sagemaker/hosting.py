@@ -78,6 +78,8 @@ TARGET_VARIANT_HEADER = "X-Amzn-SageMaker-Target-Variant"
 WORKERS_VARIABLE = "SAGEMAKER_MODEL_SERVER_WORKERS"
 # InvokeEndpoint's largest request body: 6 MB for a real-time endpoint, 4 MB for a serverless one.
 MAX_BODY_BYTES = {False: 6 * 1024 * 1024, True: 4 * 1024 * 1024}
+# How long the model servers get to stop when the endpoint goes away (local_aws.py gives it 10 s in all).
+SHUTDOWN_GRACE_S = 5.0
 
 
 @dataclass
@@ -183,6 +185,7 @@ class Hosting:
         self.configs: dict[str, dict[str, Any]] = {}  # CreateEndpointConfig requests, whole
         self.endpoints: dict[str, HostedEndpoint] = {}
         self.threads: list[threading.Thread] = []
+        self.servers = serving_container.Servers()  # every model server started, even one still loading
         self.http = urllib3.PoolManager(maxsize=32, retries=False, timeout=INVOCATION_TIMEOUT_S)
         self.restore: list[Callable[[], None]] = []
         self.clients_lock = threading.Lock()
@@ -234,7 +237,7 @@ class Hosting:
                 log = serving_container.LogStream(logs, LOG_GROUP_PREFIX + endpoint_name, f"{name}/{instance_id}")
                 try:
                     server = serving_container.start_model_server(folder / "model", environment, workers, log,
-                                                                  folder / "server.log")
+                                                                  folder / "server.log", self.servers)
                 except serving_container.ServingError as error:
                     raise serving_container.ServingError(
                         f"{error}. The primary container for production variant {name} did not pass the ping "
@@ -312,8 +315,10 @@ class Hosting:
 
     def shutdown(self) -> None:
         """Stop every model server and put moto's responses back; the endpoint is going away."""
-        for name in list(self.endpoints):
-            self.delete(name)
+        for endpoint in list(self.endpoints.values()):
+            with endpoint.lock:
+                endpoint.deleted = True  # a creation or update under way stops what it started
+        self.servers.stop_all(SHUTDOWN_GRACE_S)  # those still loading too: their creation then ends Failed
         for thread in self.threads:
             thread.join(timeout=30)
         for restore in self.restore:

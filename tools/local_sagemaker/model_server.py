@@ -452,14 +452,16 @@ def serve(
     log_path: Path | None = None,
     startup_timeout_s: float = STARTUP_TIMEOUT_S,
     on_line: Callable[[str], None] | None = None,
+    on_start: Callable[[ModelServer], None] | None = None,
 ) -> ModelServer:
     """Start the model server for an unpacked model folder; return once /ping answers 200.
 
     `environment` is the model's (CreateModel's Environment: SAGEMAKER_PROGRAM and the rest); `workers`,
     when given, sets SAGEMAKER_MODEL_SERVER_WORKERS. The server's output goes to log_path, or to this
     process's stdout and stderr; with `on_line`, each line is also handed to it as it is printed (the
-    hosting module sends them to CloudWatch Logs). Raises RuntimeError, naming the log's last line, if it
-    ends before.
+    hosting module sends them to CloudWatch Logs). `on_start` gets the server as soon as its process runs,
+    before it answers /ping, so that a caller going away can stop a server that is still starting. Raises
+    RuntimeError, naming the log's last line, if it ends before.
     """
     model_dir = Path(model_dir).resolve()
     variables = dict(environment or {})
@@ -488,6 +490,8 @@ def serve(
         output.close()  # the subprocess holds its own copy
     server = ModelServer(f"http://{HOST}:{port}", process, Path(log_path) if log_path else None, pump)
     try:
+        if on_start is not None:
+            on_start(server)
         _wait_until_pinged(server, startup_timeout_s)
     except BaseException:
         server.stop()

@@ -14,7 +14,9 @@ starts the image's model server, which SageMaker then reaches on /ping and /invo
   an S3 URI (the code was not repacked into the model), its `sourcedir.tar.gz` is unpacked into the
   model's code/ and the variable points there, as the PyTorch serving toolkit does;
 - `start_model_server`: model_server.serve on 127.0.0.1, its output copied to a file and, line by line,
-  to a CloudWatch Logs stream (`LogStream`);
+  to a CloudWatch Logs stream (`LogStream`); each server is recorded in a `Servers` as soon as its process
+  runs, so that the endpoint's shutdown stops it even while its model is still loading (it runs in a
+  session of its own and would outlive the endpoint);
 - `ServingError`: why a model cannot be served, worded as the FailureReason SageMaker reports.
 """
 
@@ -150,9 +152,28 @@ class LogStream:
             self.logs.put_log_events(logGroupName=self.group, logStreamName=self.stream, logEvents=[event])
 
 
+class Servers:
+    """The model servers a resource module started, from the moment their process runs: all stop at shutdown."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started: list[ModelServer] = []
+
+    def add(self, server: ModelServer) -> None:
+        with self.lock:
+            self.started.append(server)
+
+    def stop_all(self, grace_s: float) -> None:
+        """SIGTERM to every server, SIGKILL to what is left after grace_s (stopping a stopped one is harmless)."""
+        with self.lock:
+            servers = list(self.started)
+        for server in servers:
+            server.stop(grace_s)
+
+
 def start_model_server(
     model_dir: Path, environment: Mapping[str, str], workers: int | None, log: LogStream, log_path: Path,
-    startup_timeout_s: float = STARTUP_TIMEOUT_S,
+    servers: Servers, startup_timeout_s: float = STARTUP_TIMEOUT_S,
 ) -> ModelServer:
     """Start the model server for an unpacked model; its log goes to log_path and to `log`, line by line."""
     # Imported here, not at the top: the server's module imports torch, which the endpoint's process
@@ -161,6 +182,6 @@ def start_model_server(
 
     try:
         return model_server.serve(model_dir, workers=workers, environment=environment, log_path=log_path,
-                                  startup_timeout_s=startup_timeout_s, on_line=log.write)
+                                  startup_timeout_s=startup_timeout_s, on_line=log.write, on_start=servers.add)
     except (RuntimeError, ValueError) as error:  # the server ended, never answered /ping, or a setting is bad
         raise ServingError(f"ClientError: the model server could not start: {error}") from error

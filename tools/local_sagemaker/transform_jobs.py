@@ -61,6 +61,7 @@ LOG_GROUP = "/aws/sagemaker/TransformJobs"
 FAILURE_REASON_LIMIT = 1024
 DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker's default MaxPayloadInMB
 INVOCATION_TIMEOUT_S = 60.0  # ModelClientConfig's default InvocationsTimeoutInSeconds
+SHUTDOWN_GRACE_S = 5.0  # how long model servers get to stop when the endpoint goes away
 REQUEST_FIELDS = ("TransformJobName", "ModelName", "MaxConcurrentTransforms", "ModelClientConfig", "MaxPayloadInMB",
                   "BatchStrategy", "Environment", "TransformInput", "TransformOutput", "DataProcessing",
                   "TransformResources")
@@ -82,9 +83,10 @@ class Request:
 class TransformJobRun(threading.Thread):
     """One transform job: its model server, its requests, its outputs and its status."""
 
-    def __init__(self, job: FakeTransformJob, request: dict[str, Any], model: Any, jobs_dir: Path) -> None:
+    def __init__(self, job: FakeTransformJob, request: dict[str, Any], model: Any, jobs_dir: Path,
+                 servers: serving_container.Servers) -> None:
         super().__init__(name=f"transform-job {request['TransformJobName']}", daemon=True)
-        self.job, self.request, self.model = job, request, model
+        self.job, self.request, self.model, self.servers = job, request, model, servers
         self.job_name = request["TransformJobName"]
         self.folder = jobs_dir / self.job_name
         self.stop_requested = threading.Event()
@@ -140,7 +142,7 @@ class TransformJobRun(threading.Thread):
         environment.update(self.batch_environment())
         environment.update(self.request.get("Environment") or {})
         server = serving_container.start_model_server(self.folder / "model", environment, self.concurrency(),
-                                                      server_log, self.folder / "server.log")
+                                                      server_log, self.folder / "server.log", self.servers)
         with self.lock:
             self.server = server
         if self.stop_requested.is_set():
@@ -292,12 +294,14 @@ class TransformJobs:
     def __init__(self, jobs_dir: Path) -> None:
         self.jobs_dir = jobs_dir
         self.runs: dict[str, TransformJobRun] = {}
+        self.servers = serving_container.Servers()  # every job's model server, even one still loading
         self.restore: Callable[[], None] | None = None
 
     def shutdown(self) -> None:
         """Stop what still runs and put moto's responses back; the endpoint is going away."""
         for run in self.runs.values():
             run.stop_requested.set()
+        self.servers.stop_all(SHUTDOWN_GRACE_S)
         for run in self.runs.values():
             run.join(timeout=60)
         if self.restore is not None:
@@ -322,7 +326,7 @@ def install(state_dir: Path) -> TransformJobs:
         job = self.sagemaker_backend.transform_jobs[request["TransformJobName"]]
         definition = {"ModelName": model.model_name, "PrimaryContainer": model.primary_container,
                       "Containers": model.containers}
-        run = TransformJobRun(job, request, definition, jobs.jobs_dir)
+        run = TransformJobRun(job, request, definition, jobs.jobs_dir, jobs.servers)
         jobs.runs[run.job_name] = run
         run.start()
         return result
