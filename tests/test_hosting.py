@@ -424,6 +424,20 @@ def test_a_serverless_endpoint_is_served_too(aws, tmp_path: Path) -> None:
     assert nothing_listed(aws, name)
 
 
+def model_servers_of(endpoint_process: Any) -> list[Any]:
+    """The model server processes that a local endpoint's process started (psutil processes)."""
+    import psutil
+
+    found = []
+    for process in endpoint_process.children(recursive=True):
+        try:
+            if "local_sagemaker.model_server" in " ".join(process.cmdline()):
+                found.append(process)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):  # a short-lived helper, already ended
+            continue
+    return found
+
+
 def test_the_endpoint_going_away_stops_a_model_server_that_is_still_starting(tmp_path: Path) -> None:
     # Its own local endpoint: the test ends it while an endpoint's model is held in its model_fn.
     import psutil
@@ -439,18 +453,8 @@ def test_the_endpoint_going_away_stops_a_model_server_that_is_still_starting(tmp
         endpoint_process = next(process for process in psutil.Process().children()
                                 if str(tmp_path / "aws") in process.cmdline())  # not the session's endpoint
 
-        def model_servers() -> list[psutil.Process]:
-            found = []
-            for process in endpoint_process.children(recursive=True):
-                try:
-                    if "local_sagemaker.model_server" in " ".join(process.cmdline()):
-                        found.append(process)
-                except (psutil.ZombieProcess, psutil.NoSuchProcess):  # a short-lived helper, already ended
-                    continue
-            return found
-
         wait_for((tmp_path / "never-written.waiting").exists, "the model server's worker to be in model_fn")
-        starting = model_servers()
+        starting = model_servers_of(endpoint_process)
         assert starting and own["sagemaker"].describe_endpoint(EndpointName=name)["EndpointStatus"] == "Creating"
     gone, alive = psutil.wait_procs(starting, timeout=30)
     assert [process.pid for process in alive] == []

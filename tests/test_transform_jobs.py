@@ -22,7 +22,7 @@ import inference
 from local_aws import LocalAWS
 from mnist_data import load_split
 from support import wait_for
-from test_hosting import HELD_MODEL, archive, create_model, upload
+from test_hosting import HELD_MODEL, archive, create_model, model_servers_of, upload
 from test_hosting import aws as aws  # noqa: F401 - the fixture, shared
 from test_hosting import workbook_model as workbook_model  # noqa: F401 - the fixture, shared
 from test_model_server import TINY_REGRESSOR, tiny_network
@@ -206,13 +206,7 @@ def test_the_endpoint_going_away_stops_a_jobs_model_server_that_is_still_startin
         wait_for(release.with_name(release.name + ".waiting").exists, "the job's model server to be in model_fn")
         endpoint_process = next(process for process in psutil.Process().children()
                                 if str(tmp_path / "aws") in process.cmdline())  # not the session's endpoint
-        starting = []
-        for process in endpoint_process.children(recursive=True):
-            try:
-                if "local_sagemaker.model_server" in " ".join(process.cmdline()):
-                    starting.append(process)
-            except (psutil.ZombieProcess, psutil.NoSuchProcess):  # a short-lived helper, already ended
-                continue
+        starting = model_servers_of(endpoint_process)
         assert starting
     gone, alive = psutil.wait_procs(starting, timeout=30)
     assert [process.pid for process in alive] == []
