@@ -164,12 +164,14 @@ def test_each_host_trains_half_the_steps_of_a_one_host_run(two_host_job: dict) -
 # --- torchrun on one host -------------------------------------------------------------------------------------
 
 # Two processes on one host meet at torchrun's default rendezvous, 127.0.0.1:29500, then add up their ranks.
+# Both ranks share the host's stdout, unbuffered as in SageMaker's images, where print() writes a line and its
+# newline in two calls: each rank writes its line in one call, so that two lines printed at once stay two.
 TWO_RANKS = textwrap.dedent("""
-    import os, torch, torch.distributed as dist
+    import sys, torch, torch.distributed as dist
     dist.init_process_group("gloo")
     total = torch.tensor([float(dist.get_rank())])
     dist.all_reduce(total)
-    print(f"rank {dist.get_rank()} of {dist.get_world_size()}: sum of ranks {total.item():g}", flush=True)
+    sys.stdout.write(f"rank {dist.get_rank()} of {dist.get_world_size()}: sum of ranks {total.item():g}\\n")
     dist.destroy_process_group()
 """)
 
