@@ -144,6 +144,36 @@ def test_last_markdown_cell_links_to_the_next_notebook(path: Path, after: Path) 
     assert f"]({after.name})" in last
 
 
+NOTEBOOK_LINK = re.compile(r"\[([^\]]+)\]\((?:notebooks/)?(\d\d_[\w-]+\.ipynb)\)")
+
+
+def notebook_links(text: str) -> list[tuple[str, str]]:
+    """Every markdown link to a notebook of the workbook in a text: (link text as rendered, file name)."""
+    return [(" ".join(label.split()), name) for label, name in NOTEBOOK_LINK.findall(text)]
+
+
+def title(path: Path) -> str:
+    """A notebook's title, its first heading without the `# `."""
+    return read(path).cells[0].source.splitlines()[0].removeprefix("# ")
+
+
+@pytest.mark.parametrize("path", [*NOTEBOOKS, REPO / "README.md"], ids=lambda path: path.name)
+def test_every_link_to_a_notebook_calls_it_by_its_title(path: Path) -> None:
+    text = "\n".join(cell.source for cell in read(path).cells) if path.suffix == ".ipynb" else path.read_text()
+    titles = {notebook.name: title(notebook) for notebook in NOTEBOOKS}
+
+    links = notebook_links(text)
+    misnamed = [(label, name) for label, name in links if not titles[name].startswith(label)]
+
+    assert links and misnamed == []
+
+
+def test_notebook_links_are_found_in_the_readme_and_the_notebooks_way() -> None:
+    text = "see [01 · Download](notebooks/01_download.ipynb) and [06 ·\nDeploy](06_deploy_and_predict.ipynb) or [x](a.md)"
+
+    assert notebook_links(text) == [("01 · Download", "01_download.ipynb"), ("06 · Deploy", "06_deploy_and_predict.ipynb")]
+
+
 # --- code listings and exercises ----------------------------------------------------------------------------
 
 
