@@ -194,3 +194,16 @@ def test_loopback_mnist_points_the_kernels_at_a_mirror_of_real_digits_for_the_ru
     mirror_dir = output / "mirror"
     assert run["results"]["sizes"] == [(mirror_dir / name).stat().st_size for name in run["results"]["files"]]
     assert "MNIST_MIRRORS" not in os.environ  # the runner's own environment is restored
+
+
+def test_the_html_page_folds_the_code_of_collapsed_cells_only() -> None:
+    shown, solution = new_code_cell("print('shown')"), new_code_cell("# Solution 1: folded\nanswer = 42")
+    solution.metadata["jupyter"] = {"source_hidden": True}
+    notebook = new_notebook(cells=[shown, solution], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+
+    page = run_notebooks.html_page(notebook)
+
+    folded = page[page.index("<details"):page.index("</details>")]
+    assert page.count("<details") == 1 and "<summary>Show the code</summary>" in folded
+    assert "folded" in folded and "shown" not in folded
+    assert "shown" in page[:page.index("<details")]

@@ -31,6 +31,8 @@ from traitlets.config import Config
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 README = REPO / "README.md"
+# JupyterLab's page, with the code of each collapsed (source_hidden) cell, the exercises' solutions, folded.
+HTML_TEMPLATE = REPO / "tools" / "templates" / "workbook.html.j2"
 sys.path.insert(0, str(REPO / "code"))
 from workbook import RESULTS_MIME_TYPE  # noqa: E402 - code/ is a folder of modules, put on the path above
 
@@ -99,12 +101,17 @@ def execute_notebook(
     duration = round(time.perf_counter() - start, 1)
     # Papermill saves the notebook after each cell; a run that failed before its first save shows the source.
     notebook = nbformat.read(executed if executed.is_file() else path, as_version=4)
-    html, _ = HTMLExporter().from_notebook_node(notebook)
     html_path = output_dir / "html" / f"{path.stem}.html"
     html_path.parent.mkdir(parents=True, exist_ok=True)
-    html_path.write_text(html)
+    html_path.write_text(html_page(notebook))
     status = "ok" if error is None else "failed"
     return NotebookRun(path.stem, status, duration, recorded_results(notebook), error)
+
+
+def html_page(notebook: nbformat.NotebookNode) -> str:
+    """The notebook as one HTML page, its collapsed cells' code folded as JupyterLab shows them."""
+    page, _ = HTMLExporter(template_file=str(HTML_TEMPLATE)).from_notebook_node(notebook)
+    return page
 
 
 @contextlib.contextmanager
