@@ -124,6 +124,14 @@ def test_failure_reason_puts_the_scripts_error_before_the_drivers_traceback(tmp_
     assert reason == f"AlgorithmError: ValueError: no digits\n{DRIVER_FAILURE}"
 
 
+def test_failure_reason_names_what_argparse_refused(tmp_path: Path) -> None:
+    tail = ["usage: train.py [-h] [--epochs EPOCHS]", "train.py: error: hyperparameter label_smoothing=1.5 is out of range"]
+
+    reason = job_logs.failure_reason(tmp_path / "failure", tail, returncode=2)
+
+    assert reason == "AlgorithmError: train.py: error: hyperparameter label_smoothing=1.5 is out of range"
+
+
 def test_failure_reason_does_not_repeat_an_error_that_output_failure_holds(tmp_path: Path) -> None:
     (tmp_path / "failure").write_text("ValueError: SM_CHANNEL_TRAIN /opt/ml/input/data/train holds no MNIST files")
     tail = ["ValueError: SM_CHANNEL_TRAIN /opt/ml/input/data/train holds no MNIST files"]

@@ -233,6 +233,7 @@ def test_a_trial_that_train_py_refuses_fails_and_the_others_complete(endpoint: d
     summaries = {s["TunedHyperParameters"]["label_smoothing"]: s for s in trial_summaries(endpoint, name)}
     assert summaries["1.5"]["TrainingJobStatus"] == "Failed" and summaries["1.5"]["ObjectiveStatus"] == "Failed"
     assert summaries["1.5"]["FailureReason"].startswith("AlgorithmError:")
+    assert "label_smoothing=1.5 is out of range" in summaries["1.5"]["FailureReason"]
     assert "label_smoothing=1.5 is out of range" in trial_log(endpoint, summaries["1.5"]["TrainingJobName"])
     assert description["BestTrainingJob"]["TrainingJobName"] == summaries["0.05"]["TrainingJobName"]
 

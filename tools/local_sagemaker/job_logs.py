@@ -24,8 +24,11 @@ from .moto_patch import utcnow
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 FAILURE_REASON_LIMIT = 1024  # DescribeTrainingJob reports the first 1024 characters of output/failure
 TAIL_LINES = 200  # enough to find the script's exception below SDK 3's driver's own lines
-# A Python exception line, e.g. "ValueError: bad value" or "torch.OutOfMemoryError: CUDA out of memory".
-EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Interrupt)(?::.*)?$")
+# A Python exception line, e.g. "ValueError: bad value" or "torch.OutOfMemoryError: CUDA out of memory", or
+# argparse refusing the command line, e.g. "train.py: error: hyperparameter lr=-1.0 is out of range".
+EXCEPTION_LINE = re.compile(
+    r"^(?:(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Interrupt)(?::.*)?|[\w.-]+: error: .+)$"
+)
 
 MetricRegex = tuple[str, re.Pattern[str]]  # a metric's name and the regex whose first group is its value
 
