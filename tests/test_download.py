@@ -161,6 +161,18 @@ def test_good_mirror_downloads_every_file_and_a_second_call_makes_no_request(
     assert capfd.readouterr().err == ""
 
 
+def test_a_mirror_served_from_a_relative_folder_serves_it_after_the_working_folder_changes(
+    tmp_path: Path, mirror_dir: Path, digests: dict[str, Digests], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `make tutorial` serves build/mirror, and papermill runs each notebook from notebooks/.
+    monkeypatch.chdir(mirror_dir.parent)
+    with mnist_mirror.serve(Path(mirror_dir.name)) as url:
+        monkeypatch.chdir(tmp_path)
+        paths = download_mnist(tmp_path / "raw", [url], digests, progress=False)
+
+    assert [path.read_bytes() for path in paths] == [(mirror_dir / name).read_bytes() for name in MNIST_FILES]
+
+
 def test_two_downloads_into_one_folder_both_succeed(
     tmp_path: Path, mirror_dir: Path, digests: dict[str, Digests]
 ) -> None:

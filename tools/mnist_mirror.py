@@ -86,8 +86,11 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 @contextlib.contextmanager
 def serve(directory: Path, handler: type[http.server.BaseHTTPRequestHandler] = QuietHandler) -> Iterator[str]:
-    """Serve `directory` on 127.0.0.1 (a free port) in a background thread; yield the base URL."""
-    handler_factory = functools.partial(handler, directory=str(directory))
+    """Serve `directory` on 127.0.0.1 (a free port) in a background thread; yield the base URL.
+
+    The folder is resolved first: papermill changes this process's working folder while a notebook runs.
+    """
+    handler_factory = functools.partial(handler, directory=str(Path(directory).resolve()))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_factory)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
