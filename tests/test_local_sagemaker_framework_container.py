@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import subprocess
 import tarfile
 from pathlib import Path
@@ -114,6 +115,37 @@ def test_without_a_namespace_the_script_runs_in_the_unpacked_source_with_the_var
     assert Path(shown["cwd"]) == cwd
     assert shown["env"]["SM_CHANNEL_TRAIN"] == str(ml.channel_dir("train"))
     assert shown["env"]["CHECKPOINT_DIR"] == str(tmp_path / "attempt-1" / "checkpoints")
+
+
+# A script with no SIGTERM handler of its own: Python's default, ending at once.
+WAITS = """\
+import time
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_sigterm_ends_a_script_without_a_handler_in_its_hosts_pid_namespace(s3: BaseClient, tmp_path: Path) -> None:
+    # The first process of a PID namespace ignores signals it has no handler for. In SageMaker's framework
+    # container the toolkit is that process and the script its child; if the launcher became the script,
+    # a StopTrainingJob would wait the whole grace period for SIGKILL.
+    if not processes.namespace_permitted():
+        pytest.skip("unshare is not permitted here (not root): a host's PID namespace cannot be made")
+    upload_source(s3, {"show.py": WAITS})
+    ml = job_container(tmp_path / "attempt-1")
+    ml.create()
+    command, environment, cwd = framework_container.command(
+        ml, s3, container.system_environment("us-east-1", {}), use_namespace=False, num_gpus=0, checkpoint_dir=None
+    )
+    as_host = ["unshare", "--pid", "--fork", "--mount-proc", *command]  # the PID namespace hosts.JobNetwork gives
+    group = processes.ProcessGroup(as_host, cwd, environment, grace_s=30)
+    assert group.output.readline().decode().strip() == "ready"
+
+    group.terminate()
+    returncode = group.wait()
+
+    assert not group.sigkill_sent, "the script ignored SIGTERM until the grace period ended"
+    assert returncode == 128 + signal.SIGTERM
 
 
 def test_requirements_are_installed_before_the_script_runs(s3: BaseClient, tmp_path: Path) -> None:

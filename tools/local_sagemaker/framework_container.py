@@ -41,8 +41,10 @@ TUNING_OBJECTIVE = "_tuning_objective_metric"
 TOOLKIT_PREFIX = "sagemaker_"
 CODE_PATH = "/opt/ml/code"
 LOG_LEVEL = "20"  # the toolkit's default, logging.INFO, unless sagemaker_container_log_level says otherwise
-# In the container: cd to the code, install its requirements when it has some, then become the script.
-LAUNCHER = 'cd "$1" && shift && if [ -f requirements.txt ]; then python -m pip install -r requirements.txt || exit; fi; exec python "$@"'
+# In the container: cd to the code, install its requirements when it has some, then run the script as a child.
+# The launcher stays above it, as the toolkit does: the first process of a host's PID namespace ignores every
+# signal it has no handler for, so a script in that place would sit through a stop's SIGTERM.
+LAUNCHER = 'cd "$1" && shift && if [ -f requirements.txt ]; then python -m pip install -r requirements.txt || exit; fi; python "$@"'
 
 
 @dataclasses.dataclass(frozen=True)
