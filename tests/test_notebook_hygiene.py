@@ -121,6 +121,14 @@ def test_notebook_has_the_sections_every_lesson_has(path: Path) -> None:
 
 
 @each_notebook
+def test_no_markdown_cell_holds_a_dollar_sign(path: Path) -> None:
+    # JupyterLab typesets the text between two dollar signs as maths: prices are written in USD.
+    dollars = [source.splitlines()[0] for source in markdown_sources(read(path)) if "$" in source]
+
+    assert dollars == []
+
+
+@each_notebook
 def test_notebook_holds_no_account_ids_arns_or_access_keys(path: Path) -> None:
     sources = "\n".join(cell.source for cell in read(path).cells)
 
