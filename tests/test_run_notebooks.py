@@ -207,3 +207,26 @@ def test_the_html_page_folds_the_code_of_collapsed_cells_only() -> None:
     assert page.count("<details") == 1 and "<summary>Show the code</summary>" in folded
     assert "folded" in folded and "shown" not in folded
     assert "shown" in page[:page.index("<details")]
+
+
+def test_offline_notebook_09_tunes_four_short_trials_unless_told_otherwise() -> None:
+    offline = run_notebooks.notebook_parameters("09_tune_hyperparameters", "local", {})
+    told = run_notebooks.notebook_parameters("09_tune_hyperparameters", "local", {"MAX_JOBS": 6, "SEED": 1})
+
+    assert offline == {"MAX_JOBS": 4, "MAX_PARALLEL_JOBS": 2, "EPOCHS": 1}
+    assert told == {"MAX_JOBS": 6, "MAX_PARALLEL_JOBS": 2, "EPOCHS": 1, "SEED": 1}
+    assert run_notebooks.notebook_parameters("09_tune_hyperparameters", "real", {"SEED": 1}) == {"SEED": 1}
+    assert run_notebooks.notebook_parameters("04_train_on_sagemaker", "local", {"SEED": 1}) == {"SEED": 1}
+
+
+def test_a_local_run_gives_notebook_09_its_offline_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    notebooks_folder(tmp_path / "notebooks", monkeypatch, {
+        "09_tune_hyperparameters": ("MAX_JOBS = 12\nMAX_PARALLEL_JOBS = 3\nEPOCHS = 2", RECORD,
+                                    "workbook.record(max_jobs=MAX_JOBS, parallel=MAX_PARALLEL_JOBS, epochs=EPOCHS)"),
+    })
+    output = tmp_path / "build"
+
+    assert run_notebooks.main(["--aws", "local", "--output", str(output), "-p", "EPOCHS=3"]) == 0
+
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["notebooks"][0]["results"] == {"max_jobs": 4, "parallel": 2, "epochs": 3}

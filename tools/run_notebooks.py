@@ -42,6 +42,11 @@ EXECUTION_TIMEOUT_S = 1800
 KERNEL_CONFIG = Config({"KernelManager": {"transport_encryption": "required"}})
 # A README table row: | [01 · Title](notebooks/01_name.ipynb) | what it does |
 README_ROW = re.compile(r"^\|\s*\[(?P<title>[^\]]+)\]\(notebooks/(?P<name>[^)]+)\.ipynb\)\s*\|\s*(?P<does>.+?)\s*\|\s*$", re.MULTILINE)
+# Settings a run against the local endpoint gives a notebook, below any -p: there the jobs share this machine's
+# cores. Notebook 09's defaults (12 trials, 3 at a time) are SageMaker's budget; offline it tunes 4 short trials.
+LOCAL_AWS_PARAMETERS: dict[str, dict[str, object]] = {
+    "09_tune_hyperparameters": {"MAX_JOBS": 4, "MAX_PARALLEL_JOBS": 2, "EPOCHS": 1},
+}
 AWS_STATEMENTS = {
     "local": "the local AWS endpoint (moto on 127.0.0.1, started for this run): training jobs ran on this machine, "
     "and nothing was billed.",
@@ -106,6 +111,12 @@ def execute_notebook(
     html_path.write_text(html_page(notebook))
     status = "ok" if error is None else "failed"
     return NotebookRun(path.stem, status, duration, recorded_results(notebook), error)
+
+
+def notebook_parameters(name: str, aws: str, given: Mapping[str, object]) -> dict[str, object]:
+    """The parameters a notebook runs with: the local endpoint's settings for it (offline only), then `given`."""
+    offline = LOCAL_AWS_PARAMETERS.get(name, {}) if aws == "local" else {}
+    return {**offline, **given}
 
 
 def html_page(notebook: nbformat.NotebookNode) -> str:
@@ -245,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with aws_environment(args.aws, args.output / "local-aws"), mnist_environment(args.loopback_mnist, args.output / "mirror"):
         for path in select_notebooks(args.notebooks):
             print(f"{path.name}: running", flush=True)
-            run = execute_notebook(path, args.output, dict(args.parameter), args.timeout)
+            run = execute_notebook(path, args.output, notebook_parameters(path.stem, args.aws, dict(args.parameter)), args.timeout)
             print(f"{path.name}: {run.status} in {run.duration_s} s" + (f" ({run.error})" if run.error else ""))
             runs.append(run)
     summary = {"aws": args.aws, "notebooks": [dataclasses.asdict(run) for run in runs]}
