@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -14,6 +17,7 @@ import pytest
 
 import local_aws as local_aws_tools
 import mnist_s3
+from support import killed_on_exit
 
 LOOPBACK = ("127.0.0.1", "localhost")
 
@@ -132,6 +136,38 @@ def test_endpoint_writes_env_json_and_stops(tmp_path: Path) -> None:
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5)
     assert not env_file.exists()  # no stale file naming a dead port
+
+
+# A process that starts the endpoint, says the server's pid, and waits to be killed.
+OWNER = """\
+import sys, time
+from pathlib import Path
+import psutil
+import local_aws
+with local_aws.local_aws_endpoint(Path(sys.argv[1])):
+    print(psutil.Process().children()[0].pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_endpoint_stops_when_the_process_that_started_it_is_killed(tmp_path: Path) -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(local_aws_tools.__file__).parent)},
+    )
+    with killed_on_exit(owner):
+        server = psutil.Process(int(owner.stdout.readline()))
+        assert (tmp_path / local_aws_tools.ENV_FILE).is_file()
+
+        owner.kill()  # SIGKILL: its context manager never runs
+        owner.wait()
+
+        try:
+            server.wait(timeout=60)  # ended by itself; psutil raises TimeoutExpired if it is still up
+        finally:
+            if server.is_running():
+                server.kill()
+    assert not (tmp_path / local_aws_tools.ENV_FILE).exists(), "the server stopped the clean way, removing env.json"
 
 
 def test_endpoint_start_failure_shows_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

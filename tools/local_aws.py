@@ -40,6 +40,7 @@ CONFIG_FILE = "sagemaker-config.yaml"
 AWS_CONFIG_FILE = "aws-config"
 LOG_FILE = "serve.log"
 START_TIMEOUT_S = 60.0
+PARENT_CHECK_S = 1.0  # how often a running endpoint checks that the process that started it is still there
 
 TRUST_POLICY = {
     "Version": "2012-10-17",
@@ -128,13 +129,16 @@ def provision(state_dir: Path, endpoint_url: str) -> dict[str, str]:
 
 
 def serve(state_dir: Path) -> None:
-    """Run the endpoint on a free port of 127.0.0.1 until SIGTERM or SIGINT; `env.json` exists meanwhile."""
+    """Run the endpoint on a free port of 127.0.0.1 until SIGTERM or SIGINT; `env.json` exists meanwhile.
+
+    It also stops when the process that started it is gone (a `make tutorial` killed outright cannot stop it).
+    """
     # Absolute, because job folders under it are bind-mounted onto /opt/ml from another working directory.
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    stop = threading.Event()
+    stop, parent = threading.Event(), os.getppid()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     # Imported here: it patches moto, which only the server process should see.
@@ -149,7 +153,8 @@ def serve(state_dir: Path) -> None:
         env = provision(state_dir, f"http://{host}:{port}")
         write_atomically(env_file, json.dumps(env, indent=2))
         print("".join(f"export {key}={shlex.quote(value)}\n" for key, value in env.items()), end="", flush=True)
-        stop.wait()
+        while not stop.wait(PARENT_CHECK_S) and os.getppid() == parent:
+            pass
     finally:
         env_file.unlink(missing_ok=True)
         sagemaker.shutdown()
