@@ -78,9 +78,7 @@ def workbook(
         "09_tune_hyperparameters": {
             **common,
             "S3_PREFIX": "mnist",
-            "MAX_JOBS": 4,
-            "MAX_PARALLEL_JOBS": 2,
-            "EPOCHS": 1,
+            **run_notebooks.LOCAL_AWS_PARAMETERS["09_tune_hyperparameters"],  # 4 trials of 1 epoch, 2 at a time
             "MODEL_DIR": str(work / "tuning-best-model"),
             "BASELINE_MODEL_DIR": str(work / "tuning-baseline-model"),
         },
