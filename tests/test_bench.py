@@ -85,6 +85,10 @@ def test_the_quick_recipe_learns_and_both_loops_do_the_same_training(quick_run: 
     assert lightning["steps"] == plain["steps"] == recipe["epochs"] * batches
     # Same seed, data order, model and optimiser: the two loops end at (nearly) the same validation accuracy.
     assert lightning["val_acc"] == pytest.approx(plain["val_acc"], abs=0.02)
+    # One warm-up run of each side comes first, kept apart from the counted ones: the same training again.
+    warmup = overhead["warmup_runs"]
+    assert warmup["lightning"]["steps"] == warmup["plain"]["steps"] == lightning["steps"]
+    assert warmup["lightning"] not in tta["runs"] and warmup["plain"] not in overhead["plain_runs"]
     # Ten steps on 600 real digits already recognise most held-out ones (chance is 10 %).
     assert 0.5 < tta["test_accuracy"] <= 1
     assert quick_run["result"]["tta_accuracy"] == tta["test_accuracy"]
