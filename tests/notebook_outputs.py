@@ -1,7 +1,8 @@
 """What an executed notebook shows a reader, cell by cell: lines of output, warnings, libraries' log lines.
 
 The rule the executed workbook is held to (issue 10): no cell shows a warning, a library's start-up or log
-line, or a stack trace, and none prints more than MAX_LINES lines. Figures count as no lines. A code
+line, or a stack trace, and none prints more than MAX_LINES lines. Money is written "USD 0.18", as in the
+prose, and never rounded to nothing ("USD 0.00" for a run that cost a third of a cent). Figures count as no lines. A code
 listing (code_listing.show_source) is the code a chapter teaches, not output: tests/test_notebooks.py
 checks listings against their files instead.
 """
@@ -29,6 +30,10 @@ NOISE = re.compile(
     """,
     re.VERBOSE | re.MULTILINE,
 )
+
+
+# "$0.18" (the prose writes USD, since JupyterLab typesets $...$ as maths) or an amount shown as zero.
+MONEY = re.compile(r"\$\s?\d|\bUSD\s?0(\.0+)?(?![.\d])")
 
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # terminal colours, as uvicorn and IPython's tracebacks carry them
@@ -75,6 +80,9 @@ def offenders(notebook: nbformat.NotebookNode, name: str) -> list[str]:
             elif match := NOISE.search(text):
                 line = text[text.rfind("\n", 0, match.start()) + 1:].splitlines()[0]
                 found.append(f"{where}: a warning or log line: {line[:120]}")
+            elif match := MONEY.search(text):
+                line = text[text.rfind("\n", 0, match.start()) + 1:].splitlines()[0]
+                found.append(f"{where}: money written as $ or rounded to zero: {line[:120]}")
         if (lines := cell_lines(cell)) > MAX_LINES:
             found.append(f"{where}: {lines} lines of output, more than {MAX_LINES}")
     return found

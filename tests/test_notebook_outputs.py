@@ -23,6 +23,7 @@ def stdout(text: str) -> nbformat.NotebookNode:
 def test_a_quiet_notebook_has_no_offenders() -> None:
     quiet = notebook(
         stdout("epoch=1; train_loss=0.81; val_loss=0.22; val_acc=0.9575;\n"),
+        stdout("4 trials: about USD 0.0038 on demand; 1 instance x USD 0.23/h = USD 0.18; USD 0.05\n"),
         new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure size 640x480 with 1 Axes>"}),
         new_output("execute_result", data={"text/plain": "{'train': 's3://b/mnist/train/'}"}, execution_count=1),
         stdout("".join(f"line {number}\n" for number in range(MAX_LINES))),
@@ -49,6 +50,10 @@ def test_a_quiet_notebook_has_no_offenders() -> None:
         (stdout("\x1b[32mINFO\x1b[0m:     Application startup complete.\n"), "a warning or log line: INFO:     Application"),
         (stdout("2026-12-01 20:11:05,123 sagemaker INFO Creating training_job resource.\n"),
          "a warning or log line: 2026-12-01 20:11:05,123 sagemaker INFO"),
+        (stdout("4 trials x ml.m5.xlarge: 1.0 instance-minutes, about $0.00 on demand\n"),
+         "money written as $ or rounded to zero: 4 trials x ml.m5.xlarge"),
+        (stdout("about USD 0.00 on demand\n"), "money written as $ or rounded to zero: about USD 0.00"),
+        (stdout("spot: USD 0\n"), "money written as $ or rounded to zero: spot: USD 0"),
         (new_output("error", ename="ValueError", evalue="bad", traceback=["Traceback", "ValueError: bad"]),
          "a stack trace (ValueError: bad)"),
         (stdout("".join(f"Requirement already satisfied: package{number}\n" for number in range(MAX_LINES + 1))),
