@@ -1,7 +1,7 @@
 """Benchmark the workbook's training recipe on this machine: `make bench` writes build/bench.json and a table.
 
     python tools/bench.py                  # the full benchmark (a few minutes on 2 CPU cores)
-    python tools/bench.py --quick          # every section on tiny sizes, in under a minute (the tests run it)
+    python tools/bench.py --quick          # every section on tiny sizes, in about 1.5 minutes (the tests run it)
 
 Sections, each comparing both sides in this one process, on the same data, as a ratio beside the
 absolute figures (shared machines are noisy):
@@ -838,7 +838,7 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run every section, write the JSON file and print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: every section in under a minute")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: every section in about 1.5 minutes")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON file to write (default: {DEFAULT_OUTPUT})")
     parser.add_argument("--mnist-test-dir", type=Path, default=DEFAULT_TEST_DIR, help="folder holding t10k-*.gz (default: %(default)s)")
     parser.add_argument("--summary", type=Path, default=SUMMARY_JSON, help="the summary `make tutorial` wrote (default: %(default)s)")
