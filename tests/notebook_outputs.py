@@ -2,9 +2,9 @@
 
 The rule the executed workbook is held to (issue 10): no cell shows a warning, a library's start-up or log
 line, or a stack trace, and none prints more than MAX_LINES lines. Money is written "USD 0.18", as in the
-prose, and never rounded to nothing ("USD 0.00" for a run that cost a third of a cent). Figures count as no lines. A code
-listing (code_listing.show_source) is the code a chapter teaches, not output: tests/test_notebooks.py
-checks listings against their files instead.
+prose, and never rounded to nothing ("USD 0.00" for a run that cost a third of a cent). Figures count as
+no lines. A code listing (code_listing.show_source) is the code a chapter teaches, not output:
+tests/test_notebooks.py checks listings against their files instead.
 """
 
 from __future__ import annotations

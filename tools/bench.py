@@ -339,7 +339,7 @@ def training_sections(plan: Plan, train_dir: Path, test_dir: Path | None, work: 
             return lightning_run(hp, train_dir, test_dir or train_dir, run_dir)
         return plain_run(hp, train_dir)
 
-    # The first run of each side pays one-time costs (lazy imports such as TensorBoard's writer, cold caches).
+    # The first run of each side pays one-time costs, such as the lazy import of TensorBoard's writer.
     warmup = {"lightning": one_run("A"), "plain": one_run("B")}
     order = abba(plan.fit_pairs)
     runs = [one_run(side) for side in order]
