@@ -109,7 +109,8 @@ def upload_mnist(
             to_upload.append((path, key))
 
     total = sum(path.stat().st_size for path, _ in to_upload)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="Uploading MNIST", disable=not progress) as bar:
+    # No bar when everything is there already: "Uploading MNIST: 0.00B" would say an upload happened.
+    with tqdm(total=total, unit="B", unit_scale=True, desc="Uploading MNIST", disable=not (progress and to_upload)) as bar:
         for path, key in to_upload:
             s3_client.upload_file(
                 str(path),

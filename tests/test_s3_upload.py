@@ -128,3 +128,6 @@ def test_progress_bar_only_when_asked(
     assert capsys.readouterr().err == ""
     mnist_s3.upload_mnist(mirror_dir, bucket, f"{prefix}-bar", s3_client=s3, progress=True)
     assert "Uploading MNIST" in capsys.readouterr().err
+    # Everything is there already: nothing is uploaded, so no bar claims an upload of 0 bytes.
+    mnist_s3.upload_mnist(mirror_dir, bucket, f"{prefix}-bar", s3_client=s3, progress=True)
+    assert capsys.readouterr().err == ""
